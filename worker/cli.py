@@ -1,0 +1,338 @@
+"""``memory-worker``: check, run, reindex, query, dlq."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from worker.config import WorkerConfig, load_config, masked
+from worker.errors import FatalError, WorkerError
+from worker.records import QueryFilter
+
+DEFAULT_CONFIG = "configs/local.yaml"
+GROUP_DOCS = 256  # documents per pipeline pass during reindex
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ)
+
+
+def _config(args: argparse.Namespace) -> WorkerConfig:
+    return load_config(Path(args.config), _env())
+
+
+# -- input files -------------------------------------------------------------------------------
+
+def read_documents(path: Path) -> Iterator[tuple[Any, str | None]]:
+    """Yield ``(document, None)`` or ``(None, reason)`` for unreadable parts.
+
+    ``.json``: one array (a webhook request body) or one object. ``.jsonl``: one document per
+    line. A bad line is reported and skipped; the rest of the file goes on.
+    """
+    if path.suffix == ".jsonl":
+        with path.open("rb") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield orjson.loads(line), None
+                except orjson.JSONDecodeError as exc:
+                    yield None, f"{path}:{n}: invalid JSON ({exc})"
+        return
+    try:
+        data = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        yield None, f"{path}: invalid JSON ({exc})"
+        return
+    for doc in data if isinstance(data, list) else [data]:
+        yield doc, None
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from worker.runtime import build_sinks, load_model
+
+    config = _config(args)
+    out: dict[str, Any] = {"config": str(args.config), "settings": masked(config)}
+    spec, embedder = load_model(config, _env())
+    out["model"] = {"id": spec.id, "dimensions": spec.dimensions, "max_seq_tokens": spec.max_seq_tokens,
+                    "device": embedder.device, "dtype": embedder.dtype}
+    ok = True
+    sinks_out = {}
+    for name, sink in build_sinks(config).items():
+        try:
+            info = sink.info()
+        except WorkerError as exc:
+            sinks_out[name] = {"reachable": False, "error": str(exc)}
+            ok = False
+            continue
+        entry = {"reachable": info.reachable, "target": info.target, "dimension": info.dimension,
+                 "metric": info.metric, "records": info.records}
+        if info.error:
+            entry["error"] = info.error
+        if info.dimension is not None and info.dimension != spec.dimensions:
+            entry["error"] = f"dimension {info.dimension} != model's {spec.dimensions}"
+            ok = False
+        elif info.dimension is None and info.reachable:
+            entry["note"] = "index/collection does not exist yet; it is created on first write"
+        ok = ok and info.reachable
+        sinks_out[name] = entry
+        sink.close()
+    out["sinks"] = sinks_out
+    out["ok"] = ok
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+    else:
+        print(f"config  {args.config}: valid")
+        m = out["model"]
+        print(f"model   {m['id']}: {m['dimensions']}-d, max {m['max_seq_tokens']} tokens, "
+              f"{m['device']} {m['dtype']}")
+        for b in config.bindings:
+            print(f"binding {b.collection} -> {b.preset or 'generic'}")
+        for name, s in sinks_out.items():
+            state = "ok" if s.get("reachable") and "error" not in s else "FAIL"
+            print(f"sink    {name}: {state} {s.get('target', '')} dim={s.get('dimension')} "
+                  f"records={s.get('records')} {s.get('error', s.get('note', ''))}".rstrip())
+        print("settings (secrets masked):")
+        print(json.dumps(out["settings"], indent=2, default=str))
+    return 0 if ok else 1
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from worker.runtime import build_runtime
+
+    config = _config(args)
+    if config.binding(args.collection) is None:
+        known = ", ".join(b.collection for b in config.bindings)
+        print(f"error: collection {args.collection!r} has no binding in {args.config} (known: {known})",
+              file=sys.stderr)
+        return 2
+    rt = build_runtime(config, _env(), sink=args.sink)
+    started = time.perf_counter()
+    totals = {"documents": 0, "dead_lettered": 0}
+    from worker.pipeline import ApplyStats
+
+    stats = ApplyStats()
+    unreadable = 0
+    try:
+        paths = [Path(p) for p in args.paths]
+        bar = tqdm(total=None, unit="doc", disable=args.quiet or not sys.stderr.isatty() and not args.progress,
+                   desc="reindex", file=sys.stderr)
+        group: list[Any] = []
+
+        def flush() -> None:
+            docs, rejected = rt.pipeline.validate(args.collection, group)
+            totals["dead_lettered"] += rejected
+            stats.add(rt.pipeline.apply(docs))
+            bar.update(len(group))
+            bar.set_postfix(chunks=stats.chunks, refresh=False)
+            group.clear()
+
+        for path in paths:
+            for doc, problem in read_documents(path):
+                if problem is not None:
+                    unreadable += 1
+                    rt.dead_letters.add(args.collection, None, "read", problem, None)
+                    print(f"warning: {problem}", file=sys.stderr)
+                    continue
+                totals["documents"] += 1
+                group.append(doc)
+                if len(group) >= GROUP_DOCS:
+                    flush()
+        if group:
+            flush()
+        bar.close()
+    finally:
+        rt.close()
+    elapsed = time.perf_counter() - started
+    summary = {
+        "documents": totals["documents"], "keys": stats.documents, "written": stats.written,
+        "deleted": stats.deleted, "chunks": stats.chunks, "tokens": stats.tokens,
+        "skipped": stats.skipped_stale + stats.unchanged, "skipped_stale": stats.skipped_stale,
+        "unchanged": stats.unchanged, "empty": stats.empty,
+        "dead_lettered": totals["dead_lettered"] + unreadable + stats.dead_lettered,
+        "elapsed_s": round(elapsed, 2),
+        "chunks_per_s": round(stats.chunks / elapsed, 1) if elapsed else 0.0,
+        "dead_letter_store": str(rt.dead_letters.path),
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(" ".join(f"{k}={v}" for k, v in summary.items()))
+    return 0
+
+
+def _parse_time(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        return dt.timestamp()
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from worker.runtime import build_sinks, load_model
+
+    config = _config(args)
+    spec, embedder = load_model(config, _env())
+    name = args.sink or config.sinks.names()[0]
+    sink = build_sinks(config, only=name)[name]
+    where = QueryFilter(source=args.source, collection=args.collection,
+                        published_after=_parse_time(args.after), published_before=_parse_time(args.before))
+    hits = sink.query(embedder.embed_query(args.text), args.k, where)
+    sink.close()
+    if args.json:
+        print(json.dumps([h.as_json() for h in hits], ensure_ascii=False, indent=2))
+        return 0
+    if not hits:
+        print("no results")
+    for rank, h in enumerate(hits, 1):
+        excerpt = " ".join(h.text.split("\n", 1)[-1].split())[:240]
+        print(f"{rank:>2}. {h.score:.3f}  [{h.source}] {h.metadata.get('title', '')}")
+        if h.metadata.get("url"):
+            print(f"    {h.metadata['url']}")
+        print(f"    {excerpt}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from worker.service import serve
+
+    return serve(_config(args), _env())
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from worker.deadletter import DeadLetterStore
+
+    config = _config(args)
+    store = DeadLetterStore(Path(config.state_dir) / "dead_letters.sqlite")
+    if args.dlq_command == "list":
+        for e in store.list(collection=args.collection, limit=args.limit):
+            print(json.dumps(e.summary(), ensure_ascii=False) if args.json else
+                  f"{e.id:>6}  {datetime.fromtimestamp(e.created_at, timezone.utc):%Y-%m-%d %H:%M:%S}  "
+                  f"{e.stage:<14} {e.collection} {e.key or '-'}  {e.reason}")
+        return 0
+    if args.dlq_command == "show":
+        e = store.get(args.id)
+        if e is None:
+            print(f"error: no dead letter {args.id}", file=sys.stderr)
+            return 1
+        print(json.dumps({**e.summary(), "raw": e.raw}, ensure_ascii=False, indent=2))
+        return 0
+    if args.dlq_command == "purge":
+        print(f"purged {store.purge(collection=args.collection)}")
+        return 0
+    # replay: back through validation and the pipeline with the current config
+    from worker.runtime import build_runtime
+
+    entries = [e for e in store.list(collection=args.collection) if e.stage == "validate"]
+    rt = build_runtime(config, _env())
+    replayed = still_bad = 0
+    try:
+        for e in entries:
+            if config.binding(e.collection) is None:
+                still_bad += 1
+                continue
+            docs, rejected = rt.pipeline.validate(e.collection, [e.raw])
+            if rejected:
+                still_bad += 1  # validate() filed a fresh entry with today's reason
+            else:
+                rt.pipeline.apply(docs)
+                replayed += 1
+            store.remove([e.id])
+    finally:
+        rt.close()
+    print(f"replayed={replayed} still_invalid={still_bad}")
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="memory-worker", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def config_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
+
+    sp = sub.add_parser("check", help="validate the config, load the model, check every sink")
+    config_arg(sp)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_check)
+
+    sp = sub.add_parser("run", help="serve the Estuary webhook and query API, run the pipeline")
+    config_arg(sp)
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("reindex", help="load Estuary documents from .json/.jsonl files")
+    config_arg(sp)
+    sp.add_argument("--collection", required=True, help="the Estuary collection the files hold")
+    sp.add_argument("--sink", choices=["local", "pinecone", "weaviate"], help="only this sink")
+    sp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.add_argument("--progress", action="store_true", help="progress bar even when not a TTY")
+    sp.add_argument("paths", nargs="+")
+    sp.set_defaults(func=cmd_reindex)
+
+    sp = sub.add_parser("query", help="similarity search, as AI Memory V2 asks it")
+    config_arg(sp)
+    sp.add_argument("text")
+    sp.add_argument("--k", type=int, default=5)
+    sp.add_argument("--source", choices=None, help="gong, slack, github, or a generic source")
+    sp.add_argument("--collection")
+    sp.add_argument("--after", help="published at or after (ISO 8601 or unix seconds)")
+    sp.add_argument("--before", help="published before (ISO 8601 or unix seconds)")
+    sp.add_argument("--sink", choices=["local", "pinecone", "weaviate"])
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_query)
+
+    sp = sub.add_parser("dlq", help="list, show, replay or purge dead letters")
+    config_arg(sp)
+    dsub = sp.add_subparsers(dest="dlq_command", required=True)
+    d = dsub.add_parser("list")
+    d.add_argument("--collection")
+    d.add_argument("--limit", type=int)
+    d.add_argument("--json", action="store_true")
+    d = dsub.add_parser("show")
+    d.add_argument("id", type=int)
+    d = dsub.add_parser("replay", help="send dead letters back through validation")
+    d.add_argument("--collection")
+    d = dsub.add_parser("purge")
+    d.add_argument("--collection")
+    sp.set_defaults(func=cmd_dlq)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from worker import logs
+
+    args = build_parser().parse_args(argv)
+    logs.setup(os.environ.get("MEMORY_WORKER_LOG_LEVEL", "warning" if args.command != "run" else "info"))
+    try:
+        return args.func(args)
+    except FatalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except WorkerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""Typed, strict configuration loaded from YAML.
+
+Every section is a pydantic model with ``extra="forbid"``: a typo is a :class:`ConfigError` that
+names the key and the file. ``${VAR}`` and ``${VAR:-default}`` are substituted from the
+environment passed in (never read here on our own), and secrets are :class:`SecretStr`, so they
+never appear in reprs, logs or ``memory-worker check``.
+
+Relative paths (``state_dir``, ``sinks.local.path``) are relative to the working directory.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from worker.errors import ConfigError
+
+PRESETS = ("gong_call", "slack_message", "github_document")
+CHUNKERS = ("transcript", "slack", "markdown", "plain")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BindingConfig(Strict):
+    """Maps one Estuary collection to a preset, or to a generic field mapping.
+
+    Generic mapping: ``key`` (JSON pointers), ``text`` (pointers whose values are joined),
+    optional ``title``/``url``/``published_at`` pointers, ``metadata`` (name -> pointer) and a
+    ``chunker``. A preset fills all of these for a known collection shape.
+    """
+
+    collection: str = Field(min_length=1)
+    preset: Literal["gong_call", "slack_message", "github_document"] | None = None
+    source: str | None = Field(default=None, pattern=r"^[a-z0-9_\-]{1,32}$")
+    key: tuple[str, ...] | None = None
+    text: tuple[str, ...] | None = None
+    title: str | None = None
+    url: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    chunker: Literal["transcript", "slack", "markdown", "plain"] | None = None
+
+    @model_validator(mode="after")
+    def _preset_or_mapping(self) -> BindingConfig:
+        if self.preset is None:
+            missing = [n for n in ("source", "key", "text") if getattr(self, n) in (None, ())]
+            if missing:
+                raise ValueError(
+                    f"binding {self.collection!r} has no preset, so it needs a generic mapping; "
+                    f"missing: {', '.join(missing)} (or set preset: one of {', '.join(PRESETS)})"
+                )
+        for pointer in (*(self.key or ()), *(self.text or ()), self.title, self.url,
+                        *self.metadata.values()):
+            if pointer is not None and not pointer.startswith("/"):
+                raise ValueError(f"binding {self.collection!r}: {pointer!r} is not a JSON pointer "
+                                 "(it must start with '/')")
+        return self
+
+
+class ChunkingConfig(Strict):
+    max_tokens: int = Field(default=256, ge=16)
+    overlap_tokens: int = Field(default=32, ge=0)
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> ChunkingConfig:
+        if self.overlap_tokens >= self.max_tokens // 2:
+            raise ValueError(f"chunking.overlap_tokens {self.overlap_tokens} must be below half of "
+                             f"chunking.max_tokens {self.max_tokens}")
+        return self
+
+
+class EmbeddingConfig(Strict):
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
+    #: One engine per listed device (several GPUs on one host); empty = just ``device``.
+    devices: tuple[str, ...] = ()
+    backend: Literal["torch", "onnx", "openvino"] = "torch"
+    max_batch_tokens: int = Field(default=16384, ge=256)
+    max_wait_ms: int = Field(default=50, ge=0)
+    cpu_threads: int | None = Field(default=None, ge=1)
+    cache_max_entries: int = Field(default=500_000, ge=0)
+    #: On CUDA, probe the largest batch budget that fits GPU memory at start-up.
+    autotune_batch_tokens: bool = True
+
+
+class ServerConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=9010, ge=1, le=65535)
+    webhook_token: SecretStr | None = None
+    query_token: SecretStr | None = None
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_json_depth: int = Field(default=128, ge=4)
+    shutdown_timeout_s: float = Field(default=30.0, gt=0)
+
+
+class SpoolConfig(Strict):
+    max_bytes: int = Field(default=4 * 1024**3, ge=1024 * 1024)
+    #: Entries handed to the pipeline at once, per sink.
+    batch_entries: int = Field(default=64, ge=1)
+    poll_interval_s: float = Field(default=0.05, gt=0)
+
+
+class RetryConfig(Strict):
+    """Bounded retry with exponential backoff and full jitter, used by every sink."""
+
+    max_attempts: int = Field(default=6, ge=1)
+    max_elapsed_s: float = Field(default=60.0, gt=0)
+    initial_backoff_s: float = Field(default=0.5, gt=0)
+    max_backoff_s: float = Field(default=20.0, gt=0)
+
+
+class LocalSinkConfig(Strict):
+    path: Path = Path("data/lancedb")
+    table: str = "chunks"
+
+
+class PineconeSinkConfig(Strict):
+    api_key: SecretStr
+    index: str
+    namespace: str = ""
+    index_host: str | None = None
+    controller_host: str | None = None
+    cloud: str = "aws"
+    region: str = "us-east-1"
+    timeout_s: float = Field(default=10.0, gt=0)
+    max_parallel_requests: int = Field(default=8, ge=1, le=64)
+    max_request_bytes: int = Field(default=2 * 1000 * 1000, ge=64 * 1024)
+    max_request_vectors: int = Field(default=1000, ge=1, le=1000)
+
+
+class WeaviateSinkConfig(Strict):
+    url: str
+    grpc_host: str | None = None
+    grpc_port: int = 50051
+    grpc_secure: bool | None = None
+    api_key: SecretStr | None = None
+    collection: str = "MemoryChunk"
+    timeout_s: float = Field(default=10.0, gt=0)
+    batch_objects: int = Field(default=200, ge=1)
+    max_parallel_requests: int = Field(default=2, ge=1, le=16)
+
+
+class SinksConfig(Strict):
+    local: LocalSinkConfig | None = None
+    pinecone: PineconeSinkConfig | None = None
+    weaviate: WeaviateSinkConfig | None = None
+
+    def names(self) -> list[str]:
+        return [n for n in ("local", "pinecone", "weaviate") if getattr(self, n) is not None]
+
+
+class WorkerConfig(Strict):
+    model: str = "all-minilm-l6-v2"
+    #: Where model specs live; default: ``models/`` of the working directory, then of the repo.
+    models_dir: Path | None = None
+    state_dir: Path = Path("data/state")
+    bindings: tuple[BindingConfig, ...] = Field(min_length=1)
+    chunking: ChunkingConfig = ChunkingConfig()
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    server: ServerConfig = ServerConfig()
+    spool: SpoolConfig = SpoolConfig()
+    retry: RetryConfig = RetryConfig()
+    sinks: SinksConfig = SinksConfig(local=LocalSinkConfig())
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> WorkerConfig:
+        seen: set[str] = set()
+        for b in self.bindings:
+            if b.collection in seen:
+                raise ValueError(f"collection {b.collection!r} is bound twice")
+            seen.add(b.collection)
+        if not self.sinks.names():
+            raise ValueError("no sink configured: set at least one of sinks.local, "
+                             "sinks.pinecone, sinks.weaviate")
+        return self
+
+    def binding(self, collection: str) -> BindingConfig | None:
+        for b in self.bindings:
+            if b.collection == collection:
+                return b
+        return None
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _substitute(node: Any, env: Mapping[str, str], path: str, file: Path) -> Any:
+    if isinstance(node, dict):
+        return {k: _substitute(v, env, f"{path}.{k}" if path else str(k), file)
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute(v, env, f"{path}[{i}]", file) for i, v in enumerate(node)]
+    if isinstance(node, str):
+        def repl(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{file}: key {path!r} needs environment variable {name}, "
+                              "which is not set")
+        return _ENV.sub(repl, node)
+    return node
+
+
+def _describe(error: ValidationError, file: Path) -> str:
+    lines = []
+    for e in error.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{file}: unknown key {where!r}")
+        elif e["type"] == "missing":
+            lines.append(f"{file}: missing required key {where!r}")
+        else:
+            # Never echo the input: it may be a secret.
+            lines.append(f"{file}: key {where!r}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, *, file: Path, env: Mapping[str, str]) -> WorkerConfig:
+    """Validate an already-parsed YAML mapping; errors name ``file`` and the key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: the top level must be a mapping")
+    data = _substitute(data, env, "", file)
+    try:
+        return WorkerConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, file)) from None
+
+
+def load_config(file: Path | str, env: Mapping[str, str]) -> WorkerConfig:
+    """Read and validate a YAML config file."""
+    file = Path(file)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read config ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: invalid YAML: {exc}") from None
+    return parse_config(data, file=file, env=env)
+
+
+def masked(config: WorkerConfig) -> dict[str, Any]:
+    """The config as plain data with every secret replaced by ``'***'`` (for ``check``)."""
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, SecretStr):
+            return "***" if node.get_secret_value() else ""
+        if isinstance(node, BaseModel):
+            return {k: walk(getattr(node, k)) for k in type(node).model_fields}
+        if isinstance(node, dict):
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, (list, tuple)):
+            return [walk(v) for v in node]
+        if isinstance(node, Path):
+            return str(node)
+        return node
+
+    return walk(config)

@@ -1,0 +1,124 @@
+"""Typed records passed between the stages of the pipeline.
+
+``FlowDocument`` (intake/documents) → ``Chunk`` (chunk) → ``EmbeddedChunk`` (embed) →
+``VectorRecord`` (sinks) → ``QueryHit`` (query).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+MetadataValue = str | int | float | bool | list[str]
+Op = Literal["c", "u", "d"]
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """A piece of a document's text with its own label (a speaker turn, a Slack message)."""
+
+    text: str
+    label: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FlowDocument:
+    """One validated Estuary document, reduced to what the worker needs."""
+
+    collection: str
+    source: str
+    key: tuple[str, ...]
+    doc_id: str  # "<source>:<escaped key>", see worker.ids
+    op: Op
+    uuid: str
+    version: int  # sortable publish clock from _meta.uuid (see documents.version_of)
+    published_at: float  # unix seconds
+    title: str = ""
+    url: str = ""
+    context: str = ""  # e.g. "#deal-acme" or "sophia-ai/ai-memory#412": goes in every chunk header
+    sections: tuple[Section, ...] = ()
+    chunker: str = "plain"
+    metadata: dict[str, MetadataValue] = field(default_factory=dict)
+
+    @property
+    def is_delete(self) -> bool:
+        return self.op == "d"
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A window of a document's tokens plus its header, ready for the model.
+
+    ``token_ids`` are exactly what the model gets (special tokens included): nothing downstream
+    tokenizes again.
+    """
+
+    doc_id: str
+    index: int
+    text: str
+    token_ids: tuple[int, ...]
+    content_hash: str
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkedDocument:
+    """A document and all of its chunks; ``text_hash`` and ``meta_hash`` drive skip-unchanged."""
+
+    document: FlowDocument
+    chunks: tuple[Chunk, ...]
+    text_hash: str
+    meta_hash: str
+
+
+@dataclass(slots=True)
+class VectorRecord:
+    """One row in a sink: deterministic ids, the vector and flat, store-safe metadata."""
+
+    id: str  # Pinecone-safe ASCII id "<source>:<key>#<index>"
+    uuid: str  # UUIDv5 of ``id`` (Weaviate)
+    doc_id: str
+    vector: np.ndarray  # float32, normalized
+    metadata: dict[str, MetadataValue]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDocument:
+    """What a sink (or the ledger) holds for one document."""
+
+    doc_id: str
+    version: int
+    chunk_count: int
+    text_hash: str
+    meta_hash: str
+    deleted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class QueryFilter:
+    source: str | None = None
+    collection: str | None = None
+    published_after: float | None = None
+    published_before: float | None = None
+    doc_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueryHit:
+    id: str
+    doc_id: str
+    source: str
+    score: float
+    text: str
+    metadata: dict[str, MetadataValue]
+
+    def as_json(self) -> dict[str, object]:
+        return {"id": self.id, "doc_id": self.doc_id, "source": self.source,
+                "score": round(float(self.score), 6), "text": self.text,
+                "title": self.metadata.get("title", ""), "url": self.metadata.get("url", ""),
+                "metadata": self.metadata}
