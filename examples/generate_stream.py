@@ -1042,3 +1042,778 @@ def gong_events(rng: random.Random, clock: Clock, copy: int) -> list[Event]:
         fields["source_system"] = "gong_v2_mcp"
         events.append(Event(GONG, publish_us, "c", fields))
     return events
+
+
+# ---------------------------------------------------------------------------------------------
+# Slack messages
+# ---------------------------------------------------------------------------------------------
+
+CHANNELS = {
+    "deal-acme": "C024BE91L",
+    "incidents": "C05K1NC1D",
+    "releases": "C03REL0SE",
+    "intl-sales": "C06INTL7Z",
+    "eng-memory": "C04ENG5RC",
+}
+USERS = {
+    "leo": "U0G9QF9C6", "priya": "U0G9QF9C7", "tom": "U0G9QF9C8", "marcus": "U0H1MC2AB",
+    "hannah": "U0H2HV3CD", "sam": "U0H3SR4EF", "mpatel": "U0H4MP5GH", "aiko": "U0H5AT6IJ",
+    "yusuf": "U0H6YH7KL", "jonas": "U0H7JL8MN",
+}
+
+
+@dataclasses.dataclass
+class SlackMessage:
+    """One message of the scenario. `parent` names the thread's first message; `name` is a handle
+    for later edits/deletes. `edits` are later versions: (time, new text or None, extra fields)."""
+
+    name: str
+    channel: str
+    user: str
+    published: str
+    text: str
+    parent: str | None = None
+    reactions: list[dict] = dataclasses.field(default_factory=list)
+    sentiment: float = 0.0
+    thread_ts_on_parent: bool = False  # top-level message that carries thread_ts == ts
+    extra: dict = dataclasses.field(default_factory=dict)
+    exact_publish: bool = False
+
+
+def slack_script() -> list[SlackMessage]:
+    u = USERS
+    m = SlackMessage
+    return [
+        # #deal-acme: the renewal thread
+        m("acme", "deal-acme", "leo", "11-20 15:06:12",
+          "Acme renewal update :memo: Dana confirmed they grow from 1,200 to 1,450 seats (Columbus support center "
+          "joins in Feb) and want a 3-year term. Recording: "
+          "<https://app.gong.io/call?id=7782342274025937895|Gong: Acme renewal review>",
+          reactions=[{"name": "eyes", "count": 2}], sentiment=0.5),
+        m("acme-priya", "deal-acme", "priya", "11-20 15:09:40",
+          f"<@{u['leo']}> I can join the security follow-up. Do they still need the SOC 2 Type II bridge letter or "
+          "just the report?", parent="acme", sentiment=0.3),
+        m("acme-leo-bridge", "deal-acme", "leo", "11-20 15:14:03",
+          "Both :sweat_smile: the report ends Sep 30 and their vendor-risk team wants the bridge letter for Oct–Dec.",
+          parent="acme", sentiment=0.1),
+        m("acme-hannah", "deal-acme", "hannah", "11-20 15:31:27",
+          "Bridge letter is up on the trust portal: <https://trust.sophia.example/acme|Trust portal (Acme)>. "
+          "Watermarked, link expires in 14 days :lock:", parent="acme", sentiment=0.4,
+          reactions=[{"name": "pray", "count": 1}]),
+        m("acme-tom", "deal-acme", "tom", "11-20 16:20:09",
+          "Approved :white_check_mark: we can go to 12% off list on the 3-year, but only if Acme countersigns the "
+          "order form by Dec 15. After that date the best I'll sign is 8%.",
+          parent="acme", sentiment=0.45, reactions=[{"name": "raised_hands", "count": 3}]),
+        m("acme-legal-sync", "deal-acme", "leo", "11-20 16:42:30",
+          "Legal sync with Acme is set for Tuesday 3pm ET, invite going out now.", parent="acme", sentiment=0.2),
+        # #eng-memory
+        m("pinecone", "eng-memory", "mpatel", "11-22 11:24:51",
+          "Filed <https://github.com/sophia-ai/ai-memory/issues/437|#437>: every upsert for the long Gong calls "
+          "comes back 413 from Pinecone :confused: we stuff the whole flow_document into metadata.",
+          thread_ts_on_parent=True, sentiment=-0.3),
+        m("pinecone-sam", "eng-memory", "sam", "11-22 11:40:02",
+          ":+1: the Nordwind security review call alone is ~60 KB of JSON, no way that fits.",
+          parent="pinecone", sentiment=-0.1),
+        # #intl-sales: CJK and RTL
+        m("tokyo", "intl-sales", "aiko", "11-23 00:40:37",
+          "東京リージョンでのデータ保管について、山田精機の情報システム部から来週月曜日までに回答が欲しいとのことです :pray: "
+          f"<@{u['priya']}> 確認お願いできますか？", sentiment=0.2,
+          extra={"language": "ja", "translation_en": None}),
+        m("dubai", "intl-sales", "yusuf", "11-23 08:30:15",
+          "العميل في دبي يطلب نسخة عربية من اتفاقية معالجة البيانات قبل نهاية الشهر، هل لدينا ترجمة معتمدة؟ :flag-ae:",
+          sentiment=0.1, extra={"language": "ar"}),
+        m("weaviate", "eng-memory", "mpatel", "11-23 10:02:44",
+          "Anyone know why the Weaviate sink finds nothing for 東京 on the keyword side? Vector side works. "
+          "Aiko filed <https://github.com/sophia-ai/ai-memory/issues/440|#440>.", sentiment=-0.2),
+        m("weaviate-aiko", "eng-memory", "aiko", "11-23 10:15:09",
+          f"<@{u['mpatel']}> I added the schema and a repro to the issue, happy to test on staging :bow:",
+          parent="weaviate", sentiment=0.3),
+        m("tokyo-priya", "intl-sales", "priya", "11-23 14:05:18",
+          f"<@{u['aiko']}> ap-northeast-1 is on the roadmap for Q2, not committed yet. I'll write up what we can "
+          "promise today (Frankfurt or us-east-1 with CMK) before Monday.", parent="tokyo", sentiment=0.2),
+        m("acme-redlines", "deal-acme", "leo", "11-23 14:06:55",
+          f"Acme legal redlines are in :scroll: they want the liability cap raised to 2x annual fees and a 30-day "
+          f"termination for convenience clause. <@{u['tom']}> thoughts?", parent="acme", sentiment=-0.2),
+        m("acme-tom-redlines", "deal-acme", "tom", "11-23 14:31:40",
+          "2x cap is fine as long as data breach sits under a separate super-cap. Termination for convenience on a "
+          "discounted multi-year is a hard no.", parent="acme", sentiment=-0.1),
+        # #releases: v2.14 rollout
+        m("release", "releases", "jonas", "11-23 15:02:27",
+          ":package: ai-memory v2.14.0 is rolling out: hybrid search (BM25 + vectors), cross-encoder reranker, Gong "
+          "speaker filters. Notes: <https://github.com/sophia-ai/ai-memory/releases/tag/v2.14.0|v2.14.0>",
+          thread_ts_on_parent=True, reactions=[{"name": "rocket", "count": 6}], sentiment=0.6),
+        m("release-pause", "releases", "jonas", "11-23 16:48:03",
+          "Pausing the rollout at 25% :double_vertical_bar: the new reranker doubled CPU on the query pods and "
+          "p95 went from 310 ms to 780 ms.", parent="release", sentiment=-0.4),
+        m("release-mpatel", "releases", "mpatel", "11-23 17:10:36",
+          "We can rerank only the top 50 candidates instead of 200, PR incoming.", parent="release", sentiment=0.2),
+        m("dubai-hannah", "intl-sales", "hannah", "11-23 17:35:50",
+          f"<@{u['yusuf']}> we have a certified Arabic translation of the DPA from last year, checking it matches "
+          "the current version :mag:", parent="dubai", sentiment=0.3),
+        m("release-done", "releases", "jonas", "11-23 21:55:12",
+          "v2.14.1 with the top-50 cap is at 100% :rocket: p95 back to 330 ms.", parent="release", sentiment=0.7,
+          reactions=[{"name": "tada", "count": 4}]),
+        m("release-priya", "releases", "priya", "11-23 22:03:28",
+          "Nice! Customers on the EU cluster too?", parent="release", sentiment=0.4),
+        m("release-eu", "releases", "jonas", "11-23 22:10:41",
+          "EU goes tomorrow 08:00 CET, after the Nordwind change freeze ends.", parent="release", sentiment=0.2),
+        # #incidents: the SEV-1
+        m("sev1", "incidents", "sam", "11-24 14:05:00",
+          f":rotating_light: SEV-1: search API returning 502s in eu-west since 14:05 UTC. Status page: "
+          f"<https://status.sophia.example/incidents/8812|INC-8812>. War room is this thread in "
+          f"<#{CHANNELS['incidents']}|incidents>.", thread_ts_on_parent=True, sentiment=-0.6, exact_publish=True),
+        m("sev1-rate", "incidents", "mpatel", "11-24 14:09:21",
+          "Error rate ~38% on /v1/search, ingest unaffected. pgbouncer shows `cl_waiting` climbing past 900.",
+          parent="sev1", sentiment=-0.5),
+        m("sev1-rollback", "incidents", "sam", "11-24 14:16:48",
+          "Rolled back deploy 2026.11.23-2, no change. Looking at pool sizes next.", parent="sev1", sentiment=-0.4),
+        m("sev1-oops", "incidents", "leo", "11-24 14:18:30",
+          "can someone drop the Acme pricing sheet here? need it for my 2pm", parent="sev1", sentiment=0.0),
+        m("sev1-cause", "incidents", "mpatel", "11-24 14:31:12",
+          "Found it :mag: the autoscaler doubled query workers to 48 pods and each opens 40 connections, so we blew "
+          "through pgbouncer's max_client_conn of 1000. Capping workers at 24 and raising default_pool_size.",
+          parent="sev1", sentiment=-0.2, reactions=[{"name": "bulb", "count": 5}]),
+        m("sev1-nul", "incidents", "sam", "11-24 14:36:05",
+          "raw line from the LB log, note the stray byte: `upstream prematurely closed connection\u0000 while reading "
+          "response header from upstream` :thinking_face:", parent="sev1", sentiment=-0.3),
+        m("sev1-tickets", "incidents", "marcus", "11-24 14:44:57",
+          "Brightline and Helix both opened tickets, replying with the status page link.", parent="sev1",
+          sentiment=-0.2),
+        m("sev1-resolved", "incidents", "sam", "11-24 14:53:19",
+          "Recovered at 14:52 UTC :green_heart: 47 minutes of impact. Postmortem: "
+          "<https://docs.sophia.example/pm/INC-8812|PM INC-8812>, review on Thursday.",
+          parent="sev1", sentiment=0.3, reactions=[{"name": "green_heart", "count": 7}]),
+        m("sev1-nordwind", "incidents", "hannah", "11-24 15:10:33",
+          "Reminder: Nordwind's contract requires formal notice of any SEV-1 within 24h. I'll send it.",
+          parent="sev1", sentiment=0.0),
+        # later days
+        m("acme-wave2", "deal-acme", "marcus", "11-25 09:00:48",
+          f":tada: heads up <#{CHANNELS['intl-sales']}|intl-sales>: Acme's Munich office joins in wave 2 once the "
+          "contracts co-terminate.", parent="acme", sentiment=0.5),
+        m("orchid", "intl-sales", "marcus", "11-25 14:20:26",
+          "Orchid Pharma kickoff went well :flag-pt: 40 admins in wave 1, in-person training in Lisbon on Jan 12.",
+          sentiment=0.7, reactions=[{"name": "clap", "count": 3}]),
+        m("thanks", "deal-acme", "tom", "11-25 21:47:02",
+          "Happy Thanksgiving all :turkey: great week on Acme, let's get the signature by Dec 15.",
+          sentiment=0.8, thread_ts_on_parent=True),
+    ]
+
+
+# later versions of scenario messages: (time, handle, new text or None for "same text", fields)
+SLACK_EDITS = [
+    ("11-24 13:10:05", "acme-legal-sync",
+     "Legal sync with Acme moved to Wednesday 10am ET :calendar: Priya covers for me, I'm out at the dentist.",
+     {"edited": {"user": USERS["leo"]}}),
+    ("11-24 15:30:44", "sev1", None, {"reply_count": 8, "reactions": [{"name": "eyes", "count": 11},
+                                                                      {"name": "rotating_light", "count": 4}]}),
+]
+SLACK_DELETES = [("11-24 14:20:02", "sev1-oops")]
+
+
+def slack_ts(us: int) -> str:
+    return f"{us // 1_000_000}.{us % 1_000_000:06d}"
+
+
+def sentiment_category(score: float) -> str:
+    return "positive" if score >= 0.5 else "negative" if score <= -0.3 else "neutral"
+
+
+def slack_events(rng: random.Random, clock: Clock, copy: int) -> list[Event]:
+    events: list[Event] = []
+    docs: dict[str, dict] = {}
+    replies: dict[str, int] = {}
+    for msg in slack_script():
+        publish_us = clock.at(msg.published, exact=msg.exact_publish and copy == 0)
+        ts_us = publish_us - rng.randrange(1_200_000, 4_000_000)
+        channel_id = CHANNELS[msg.channel]
+        ts = slack_ts(ts_us)
+        fields: dict = {"channel_id": channel_id, "channel_name": msg.channel, "ts": ts}
+        permalink = f"https://sophia.slack.com/archives/{channel_id}/p{ts.replace('.', '')}"
+        if msg.parent:
+            parent_ts = docs[msg.parent]["ts"]
+            fields["thread_ts"] = parent_ts
+            permalink += f"?thread_ts={parent_ts}&cid={channel_id}"
+            replies[msg.parent] = replies.get(msg.parent, 0) + 1
+        elif msg.thread_ts_on_parent:
+            fields["thread_ts"] = ts
+        fields.update({"user_id": USERS[msg.user], "user_name": msg.user, "text": msg.text,
+                       "permalink": permalink})
+        if not msg.parent:
+            fields["reply_count"] = 0
+        fields["reactions"] = msg.reactions
+        fields["sentiment"] = msg.sentiment
+        fields["sentiment_category"] = sentiment_category(msg.sentiment)
+        fields["enriched_at"] = iso_utc(publish_us - rng.randrange(200_000, 900_000))
+        fields.update(msg.extra)
+        docs[msg.name] = fields
+        events.append(Event(SLACK, publish_us, "c", fields))
+
+    for when, name, text, changes in SLACK_EDITS:
+        publish_us = clock.at(when)
+        fields = dict(docs[name])
+        if text is not None:
+            fields["text"] = text
+        for key, value in changes.items():
+            fields[key] = value
+        if "edited" in fields:
+            fields["edited"] = dict(fields["edited"], ts=slack_ts(publish_us - rng.randrange(1_000_000, 3_000_000)))
+        if "reply_count" in changes:
+            fields["latest_reply"] = max(
+                (e.fields["ts"] for e in events if e.fields.get("thread_ts") == fields["ts"]
+                 and e.fields["ts"] != fields["ts"] and e.publish_us < publish_us),
+                default=fields["ts"],
+            )
+        fields["enriched_at"] = iso_utc(publish_us - rng.randrange(200_000, 900_000))
+        docs[name] = fields
+        events.append(Event(SLACK, publish_us, "u", fields))
+
+    for when, name in SLACK_DELETES:
+        gone = docs[name]
+        events.append(Event(SLACK, clock.at(when), "d", {"channel_id": gone["channel_id"], "ts": gone["ts"]}))
+    return events
+
+
+# ---------------------------------------------------------------------------------------------
+# GitHub
+# ---------------------------------------------------------------------------------------------
+
+FENCE = "```"
+
+ISSUE_412_V1 = f"""## Summary
+After a Slack message is edited, `memory.search()` keeps returning the **old** text of the message next to
+the new one. The edited version seems to be added as new chunks instead of replacing the old ones.
+
+## Steps to reproduce
+1. Post a message in a test channel: `Acme legal sync is Tuesday 3pm`.
+2. Wait until it is indexed (~30 s).
+3. Edit it to `Acme legal sync moved to Wednesday 10am`.
+4. Search for `acme legal sync`.
+
+{FENCE}python
+from sophia_memory import Client
+
+client = Client(namespace="slack")
+for hit in client.search("acme legal sync", top_k=5):
+    print(round(hit.score, 2), hit.key, hit.text[:60])
+{FENCE}
+
+## Expected
+One hit per Slack message, with the edited text.
+
+## Actual
+{FENCE}
+0.81 ['C024BE91L', '1795790502.120044'] Acme legal sync is Tuesday 3pm
+0.79 ['C024BE91L', '1795790502.120044'] Acme legal sync moved to Wednesday 10am
+{FENCE}
+
+- worker 0.8.3, sink: qdrant 1.12
+- happens for GitHub issue edits too
+"""
+
+ISSUE_412_V2 = ISSUE_412_V1 + f"""
+## Root cause
+Point ids were derived from a hash of the chunk **text**, not from `(collection key, chunk index)`. An edit
+changes the text, so it produced brand-new point ids and the old points were never overwritten or deleted.
+Both versions stayed in the index until the nightly compaction, which does not run on Qdrant at all.
+
+## Fix
+- point id = uuid5 of `collection + packed key + chunk index` (#439)
+- after upserting a new version, delete chunk indexes `>= new chunk count` for that key
+- content hash is kept only to skip re-embedding unchanged chunks
+
+Closing, fixed in v2.14.0.
+"""
+
+ISSUE_431_HEAD = f"""## What happens
+When the spool holds an hour-long Gong call (~9k words, ~12k tokens after chunking), the embed stage sends
+batches of 256 chunks to the TEI server and every request containing those chunks dies with
+`httpx.ReadTimeout` after 30 s. The batch is retried 5 times and then dead-lettered, so the whole Nordwind
+security review never becomes searchable. Small Slack documents that shared the batch are lost with it.
+
+## Environment
+- worker 0.8.3, TEI 1.6 on one L4, `--max-batch-tokens 16384`
+- `embed.timeout_s: 30`, `embed.batch_size: 256`
+
+## Ideas
+- batch by token budget instead of chunk count
+- on timeout, split the batch in two and retry the halves instead of resending the same batch
+
+## Log
+<details><summary>worker log, 17:00–17:29 UTC</summary>
+
+{FENCE}
+"""
+
+ISSUE_437 = f"""## Summary
+Upserts to Pinecone fail for every chunk of long Gong calls:
+
+{FENCE}
+pinecone.exceptions.PineconeApiException: (413)
+Reason: Request Entity Too Large
+HTTP response body: {{"code":3,"message":"Metadata size is 58213 bytes, which exceeds the limit of 40960 bytes per vector","details":[]}}
+{FENCE}
+
+We copy the whole `flow_document` into each vector's metadata (the way Estuary's own connector does), and an
+hour-long transcript is ~60 KB of JSON. Pinecone caps metadata at **40 KB per vector**, so every chunk of such
+a call is rejected. Because the batch of 100 fails as a whole, unrelated Slack chunks in it are lost too.
+
+## Proposal
+- keep only a few fields in metadata: `collection`, `key`, `chunk_index`, `title`, `url`, `published_at`,
+  plus the chunk text truncated to 8 KB
+- split upsert requests by bytes (2 MB request cap), not by count
+- a single oversized record becomes a dead letter instead of failing the batch
+"""
+
+COMMENT_437 = """Checked the other sinks while I was at it:
+
+- **Qdrant**: no per-point payload cap, but 256-point batches of Gong chunks hit the 32 MB request limit.
+- **Weaviate**: fine so far, its batch endpoint streams.
+
+So byte-based batching helps Qdrant too. I'd put the byte budget in the sink config, not hard-code it.
+"""
+
+PR_438 = f"""Fixes #437.
+
+## Changes
+- metadata is now a fixed allow-list plus `text` truncated to 8 KB
+- upserts are split by serialized size, 2 MB per request
+- a record over the metadata cap is dead-lettered with reason `metadata_too_large`
+
+{FENCE}python
+MAX_METADATA_BYTES = 40 * 1024
+MAX_REQUEST_BYTES = 2 * 1024 * 1024
+
+
+def batches_by_bytes(records, max_bytes=MAX_REQUEST_BYTES):
+    batch, size = [], 0
+    for record in records:
+        n = len(json.dumps(record).encode())
+        if batch and size + n > max_bytes:
+            yield batch
+            batch, size = [], 0
+        batch.append(record)
+        size += n
+    if batch:
+        yield batch
+{FENCE}
+
+## Testing
+- unit tests for the splitter with records right at the limit
+- replayed the Nordwind call from the dead-letter queue against a test index: 41 chunks, 0 errors
+"""
+
+REVIEW_438 = """nit: `json.dumps` runs twice per record on this path (once here, once in the client). Compute the size
+once and carry it with the record.
+
+Also: what happens when one record alone is bigger than `max_bytes`? Right now it becomes a batch of one and
+still fails the request. Should that go to the dead letter too?
+"""
+
+ISSUE_440_V1 = f"""## Problem
+Hybrid search on the Weaviate sink returns no BM25 hits for Japanese text. Searching `東京リージョン` finds the
+#intl-sales message only through the vector side, with a low score, and pure keyword mode finds nothing.
+
+## Schema
+{FENCE}yaml
+class: SlackChunk
+vectorizer: none
+properties:
+  - name: text
+    dataType: [text]
+    tokenization: word
+  - name: channel_name
+    dataType: [text]
+    tokenization: field
+{FENCE}
+
+## Repro
+1. Index the message `東京リージョンでのデータ保管について…`
+2. `GET /v1/search?q=東京リージョン&mode=keyword&collection=slack`
+3. 0 results
+"""
+
+ISSUE_440_V2 = ISSUE_440_V1 + f"""
+## Cause
+`word` tokenization splits on every character that is not a letter or digit. Kanji and kana count as letters
+and Japanese has no spaces, so a whole sentence becomes **one** token, and `東京リージョン` can never match it.
+
+## Fix
+Re-create the `text` property with `tokenization: trigram` (or `kagome_ja` where that module is enabled).
+On staging, keyword recall for our 40 Japanese test queries went from 2/40 to 37/40. The index for that class
+grows about 3x, which is fine at our size.
+"""
+
+COMMENT_440 = """staging で確認しました。trigram にしたら「東京」でもヒットします :+1:
+One caveat: two-character queries like `東京` only match with trigram if we also index the text padded, see
+the Weaviate docs on `trigram` and short terms.
+"""
+
+PR_442 = f"""## Why
+Estuary delivers at-least-once, and a replayed transaction can bring back an **older** version of a document
+after we already processed its delete. Without a record of the delete we would index it again.
+
+## What
+- new table `chunk_tombstones(collection, key_hash, deleted_clock)`
+- the applier drops any version whose clock is `<=` the stored tombstone clock
+- tombstones are kept for 30 days, then garbage-collected (replays older than that are not expected)
+
+{FENCE}sql
+CREATE TABLE IF NOT EXISTS chunk_tombstones (
+    collection     TEXT        NOT NULL,
+    key_hash       BYTEA       NOT NULL,
+    deleted_clock  BIGINT      NOT NULL,
+    deleted_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (collection, key_hash)
+);
+
+CREATE INDEX IF NOT EXISTS chunk_tombstones_deleted_at_idx
+    ON chunk_tombstones (deleted_at);
+
+-- garbage collection, run hourly
+DELETE FROM chunk_tombstones WHERE deleted_at < now() - interval '30 days';
+{FENCE}
+
+## Checklist
+- [x] migration is idempotent
+- [x] test: delete, then replay an older create, the key stays gone
+- [ ] docs
+"""
+
+PR_446 = f"""Adds the values file for the Frankfurt deployment that Nordwind needs. Backups and the DR replica stay in
+the EU (Dublin), nothing is replicated to us-east-1.
+
+{FENCE}yaml
+region: eu-central-1
+worker:
+  replicas: 3
+  resources:
+    requests: {{cpu: "2", memory: 4Gi}}
+    limits: {{memory: 6Gi}}
+  embed:
+    timeout_s: 60
+    max_batch_tokens: 16384
+qdrant:
+  url: https://qdrant.eu-central-1.internal:6333
+  collection_prefix: eu_
+backup:
+  bucket: s3://sophia-memory-backups-eu
+  region: eu-central-1
+  dr_region: eu-west-1
+  retention_days: 35
+{FENCE}
+
+- [x] `helm template` renders
+- [x] reviewed with @hvogel for the residency wording
+"""
+
+ISSUE_448 = f"""Estuary's Dekaf exposes collections over the Kafka protocol. It would let us replay from an offset instead of
+depending on webhook retries. Things to handle:
+
+1. deletes arrive as **tombstones** (`deletions: kafka`) or with `_is_deleted` (`deletions: cdc`)
+2. offsets are journal byte positions, so gaps are normal and must not look like data loss
+3. there is no reduction, every version is streamed, so expect more versions per key
+
+{FENCE}yaml
+intake:
+  kind: dekaf
+  bootstrap: dekaf.estuary-data.com:9092
+  username: sophia-ai/memory/dekaf
+  deletions: cdc
+{FENCE}
+"""
+
+RELEASE_2140 = """## Highlights
+- **Hybrid search**: BM25 and vector results are fused with reciprocal rank fusion (k = 60). Short keyword
+  queries such as ticket ids, SKU codes and error strings now find what they should.
+- **Cross-encoder reranker** over the top candidates (default 200, configurable).
+- **Gong speaker filters**: `speaker:"Dana Whitfield"` restricts results to one person's turns.
+
+## Fixes
+- Edited Slack messages and GitHub issues no longer leave stale chunks behind (#412).
+- Pinecone upserts are split by size and stay under the metadata cap (#437, #438).
+
+## Upgrade notes
+- Qdrant 1.10 or newer is required for sparse vectors.
+- Re-index once after upgrading so that BM25 statistics are built.
+"""
+
+SPAM_445 = ":rocket: Speed up your CI 10x with our cloud runners! Free trial, no card needed: https://fastci.example/promo"
+
+LOG_MODULES = ["worker.intake", "worker.spool", "worker.chunk", "worker.batch", "worker.embed", "worker.sinks.qdrant"]
+TRACEBACK = [
+    "Traceback (most recent call last):",
+    '  File "/app/worker/embed.py", line 212, in embed_batch',
+    "    resp = await self._client.post(\"/embed\", json=payload, timeout=self._timeout_s)",
+    '  File "/usr/local/lib/python3.11/site-packages/httpx/_client.py", line 1854, in post',
+    "    return await self.request(",
+    '  File "/usr/local/lib/python3.11/site-packages/httpx/_transports/default.py", line 372, in handle_async_request',
+    "    with map_httpcore_exceptions():",
+    '  File "/usr/local/lib/python3.11/contextlib.py", line 158, in __exit__',
+    "    self.gen.throw(typ, value, traceback)",
+    "httpx.ReadTimeout: timed out",
+]
+
+
+def worker_log(rng: random.Random, start_us: int, lines: int) -> str:
+    """A realistic worker log: steady intake and sinks, embed batches with long Gong docs timing out."""
+    out: list[str] = []
+    t = start_us
+    batch = 340
+    keys = ["['7790412256031142870']", "['7782342274025937895']", "['C024BE91L', '1795186772.412331']",
+            "['I_kwDOKx7Ajc6412']", "['C05K1NC1D', '1795789500.000101']"]
+
+    def emit(level: str, module: str, message: str) -> None:
+        stamp = EPOCH + datetime.timedelta(microseconds=t)
+        out.append(f"{stamp.strftime('%Y-%m-%dT%H:%M:%S')}.{t // 1000 % 1000:03d}Z {level:<5} {module:<19} {message}")
+
+    while len(out) < lines:
+        t += rng.randrange(20_000, 900_000)
+        roll = rng.random()
+        if roll < 0.22:
+            emit("INFO", "worker.intake", f"request accepted binding=github docs={rng.randrange(1, 40)} "
+                 f"bytes={rng.randrange(2_000, 900_000)} spool_ms={rng.randrange(2, 30)}")
+        elif roll < 0.40:
+            key = rng.choice(keys)
+            emit("INFO", "worker.chunk", f"document chunked key={key} chunks={rng.randrange(1, 48)} "
+                 f"tokens={rng.randrange(40, 12_500)}")
+        elif roll < 0.55:
+            emit("INFO", "worker.sinks.qdrant", f"points upserted count={rng.randrange(1, 256)} "
+                 f"ms={rng.randrange(8, 400)}")
+        elif roll < 0.62:
+            emit("DEBUG", "worker.spool", f"segment fsynced seq={rng.randrange(10_000, 99_999)} "
+                 f"bytes={rng.randrange(4_096, 1_048_576)}")
+        elif roll < 0.64:
+            emit("INFO", "uvicorn.access", '10.0.3.17:51422 - "GET /healthz HTTP/1.1" 200')
+        else:
+            batch += 1
+            tokens = rng.randrange(9_000, 16_384)
+            emit("INFO", "worker.batch", f"batch formed batch_id=b-{batch:06d} chunks=256 tokens={tokens}")
+            if rng.random() < 0.55:
+                emit("INFO", "worker.embed", f"batch embedded batch_id=b-{batch:06d} ms={rng.randrange(900, 9_000)}")
+                continue
+            for attempt in range(1, 6):
+                t += 30_000_000 + rng.randrange(0, 50_000)
+                emit("WARN", "worker.embed", f"embed request timed out batch_id=b-{batch:06d} "
+                     f"attempt={attempt}/5 timeout_s=30.0 tokens={tokens}")
+                if attempt == 5:
+                    emit("ERROR", "worker.embed", f"embed failed, dead-lettering batch batch_id=b-{batch:06d} "
+                         f"docs={rng.randrange(3, 30)} reason=ReadTimeout")
+                    out.extend(TRACEBACK)
+    return "\n".join(out[:lines])
+
+
+def long_request_line(rng: random.Random) -> str:
+    """The /embed request body that timed out, captured as one very long line."""
+    sample = TranscriptWriter(rng, [NINA, HANNAH], [Person("Katrin Albers", "k@n.example", "external")],
+                              {"idp": "Entra ID", "term": "two-year", "price": "fifty-two euros"})
+    sample.topic("residency", 2600)
+    inputs = [f"{who}: {text}" for who, text in sample.turns]
+    return json.dumps({"inputs": inputs, "normalize": True, "truncate": False, "truncation_direction": "Right"},
+                      ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclasses.dataclass
+class GitHubDoc:
+    """One GitHub object of the scenario and its versions: [(time, op, changed fields)]."""
+
+    name: str
+    kind: str
+    number: int  # the issue/PR number, or the parent's number for comments
+    comment_id: int | None = None
+    title: str = ""
+    author: str = ""
+    labels: list[str] = dataclasses.field(default_factory=list)
+    extra: dict = dataclasses.field(default_factory=dict)
+
+
+def github_events(rng: random.Random, clock: Clock, copy: int) -> list[Event]:
+    n = lambda number: number + copy * 1000  # noqa: E731 - keeps each copy's numbers distinct
+    events: list[Event] = []
+    current: dict[str, dict] = {}
+
+    def base_fields(doc: GitHubDoc, created_us: int) -> dict:
+        number = n(doc.number)
+        if doc.kind in ("issue", "pull_request"):
+            prefix = "I" if doc.kind == "issue" else "PR"
+            path = "issues" if doc.kind == "issue" else "pull"
+            fields = {"id": f"{prefix}_kwDOKx7Ajc6{number}", "kind": doc.kind, "repo": REPO, "number": number,
+                      "title": doc.title}
+            url = f"https://github.com/{REPO}/{path}/{number}"
+        elif doc.kind == "release":
+            fields = {"id": f"RE_kwDOKx7Ajc4{doc.comment_id + copy * 100_000}", "kind": "release", "repo": REPO,
+                      "title": doc.title}
+            url = f"https://github.com/{REPO}/releases/tag/{doc.extra['tag_name']}"
+        else:
+            cid = doc.comment_id + copy * 100_000
+            prefix = "IC" if doc.kind == "issue_comment" else "PRRC"
+            fields = {"id": f"{prefix}_kwDOKx7Ajc5{cid}", "kind": doc.kind, "repo": REPO, "parent_number": number,
+                      "title": ""}
+            anchor = f"issuecomment-{cid}" if doc.kind == "issue_comment" else f"discussion_r{cid}"
+            url = f"https://github.com/{REPO}/{'pull' if doc.kind == 'review_comment' else 'issues'}/{number}#{anchor}"
+        fields.update({"body": None, "author": doc.author, "state": "open", "labels": list(doc.labels), "url": url,
+                       "created_at": iso_utc(created_us), "updated_at": iso_utc(created_us)})
+        if doc.kind in ("issue_comment", "review_comment", "release"):
+            del fields["state"]
+        fields.update(doc.extra)
+        return fields
+
+    def publish(doc: GitHubDoc, when: str, body: str | None = None, exact: bool = False,
+                delivered: str | None = None, **changes) -> None:
+        publish_us = clock.at(when, exact=exact and copy == 0)
+        if doc.name not in current:
+            fields = base_fields(doc, publish_us - rng.randrange(2_000_000, 9_000_000))
+            op = "c"
+        else:
+            fields = dict(current[doc.name])
+            op = "u"
+        if body is not None:
+            fields["body"] = body
+        fields.update(changes)
+        fields["updated_at"] = iso_utc(publish_us - rng.randrange(1_000_000, 3_000_000))
+        if "sentiment_category" not in fields:
+            fields["sentiment_category"] = "neutral"
+        current[doc.name] = fields
+        delivered_us = clock.at(delivered) if delivered else None
+        events.append(Event(GITHUB, publish_us, op, fields, delivered_us))
+
+    def delete(doc: GitHubDoc, when: str) -> None:
+        events.append(Event(GITHUB, clock.at(when), "d", {"id": current[doc.name]["id"]}))
+
+    i412 = GitHubDoc("i412", "issue", 412, title="Memory search returns stale Slack threads after edits",
+                     author="mpatel", labels=["bug", "memory", "search"])
+    c412 = GitHubDoc("c412", "issue_comment", 412, comment_id=2501873311, author="srivera")
+    i431 = GitHubDoc("i431", "issue", 431, title="Embedding requests time out after 30 s on hour-long Gong transcripts",
+                     author="srivera", labels=["bug", "embeddings", "performance"],
+                     extra={"triage": {"priority": "p1", "owner": "mpatel"}})
+    c431 = GitHubDoc("c431", "issue_comment", 431, comment_id=2501990042, author="mpatel")
+    i437 = GitHubDoc("i437", "issue", 437, title="Pinecone upsert fails with 413 Request Entity Too Large for Gong calls",
+                     author="mpatel", labels=["bug", "sink:pinecone"])
+    c437 = GitHubDoc("c437", "issue_comment", 437, comment_id=2503118820, author="srivera")
+    p438 = GitHubDoc("p438", "pull_request", 438, title="Cap Pinecone metadata and split upserts by payload size",
+                     author="mpatel", labels=["sink:pinecone"],
+                     extra={"linked_issues": [437], "ai_summary": "Limits Pinecone metadata; batches by bytes."})
+    r438 = GitHubDoc("r438", "review_comment", 438, comment_id=1850012345, author="srivera",
+                     extra={"path": "worker/sinks/pinecone.py", "line": 88,
+                            "diff_hunk": "@@ -80,6 +80,18 @@ def upsert(self, records):"})
+    i440 = GitHubDoc("i440", "issue", 440, title="Weaviate keyword search finds nothing for Japanese Slack messages",
+                     author="atanaka", labels=["bug", "sink:weaviate", "i18n"])
+    c440 = GitHubDoc("c440", "issue_comment", 440, comment_id=2502240017, author="atanaka",
+                     extra={"language": "ja"})
+    rel = GitHubDoc("rel", "release", 0, comment_id=18840021, title="v2.14.0: hybrid search, reranker, Gong speaker filters",
+                    author="jlindqvist", extra={"tag_name": "v2.14.0", "prerelease": False})
+    p442 = GitHubDoc("p442", "pull_request", 442, title="Add chunk_tombstones table so late events can't resurrect deletes",
+                     author="srivera", labels=["storage", "correctness"])
+    i445 = GitHubDoc("i445", "issue", 445, title="Flaky: test_spool_replay_after_crash times out on CI",
+                     author="jlindqvist", labels=["flaky-test", "ci"])
+    s445 = GitHubDoc("s445", "issue_comment", 445, comment_id=2502771903, author="fastci-bot")
+    p446 = GitHubDoc("p446", "pull_request", 446, title="Helm values for the EU (Frankfurt) deployment",
+                     author="srivera", labels=["deploy", "eu"])
+    i448 = GitHubDoc("i448", "issue", 448, title="Support Dekaf as an alternative intake",
+                     author="mpatel", labels=["enhancement", "intake"])
+
+    log_start = parse_utc_us(f"{YEAR}-11-20T17:00:00Z") + copy * COPY_SHIFT_US
+    publish(i412, "11-20 16:05:51", ISSUE_412_V1, sentiment_category="at_risk")
+    publish(i431, "11-20 17:30:18", ISSUE_431_HEAD + worker_log(rng, log_start, 3000) + f"\n{FENCE}\n</details>\n",
+            sentiment_category="at_risk")
+    publish(c412, "11-20 19:02:05", "Reproduced on staging with a GitHub issue edit as well: the old body's chunks "
+            "are still returned with their original score. Qdrant shows both point sets for the same key.")
+    publish(c431, "11-21 09:12:40", "Here is one of the requests that timed out, captured with `--trace-http` "
+            "(one line, sorry):\n\n" + FENCE + "json\n" + long_request_line(rng) + "\n" + FENCE +
+            "\n\nAll 256 inputs come from the same transcript, so one long call can starve a whole batch.")
+    publish(i437, "11-22 11:10:27", ISSUE_437, sentiment_category="at_risk")
+    # The newer version of #440 arrives first; its older first version is replayed a day later.
+    publish(i440, "11-23 05:20:13", ISSUE_440_V1, delivered="11-24 08:00:31")
+    publish(i440, "11-23 09:45:52", ISSUE_440_V2, labels=["bug", "sink:weaviate", "i18n", "has-fix"])
+    publish(c440, "11-23 13:20:09", COMMENT_440)
+    publish(rel, "11-23 15:10:46", RELEASE_2140, sentiment_category="positive")
+    publish(p438, "11-23 16:05:33", PR_438)
+    publish(r438, "11-23 19:20:58", REVIEW_438)
+    publish(p442, "11-24 14:05:00", PR_442, exact=True)  # same tick as the SEV-1 Slack message
+    publish(i412, "11-24 16:12:37", ISSUE_412_V2, state="closed", labels=["bug", "memory", "search", "fixed"])
+    publish(i445, "11-24 18:30:22", None)  # body stays null
+    publish(s445, "11-24 19:40:11", SPAM_445, reactions={"-1": 4})
+    delete(s445, "11-24 20:05:49")
+    publish(p446, "11-25 12:15:04", PR_446)
+    publish(c437, "11-25 13:30:19", COMMENT_437)
+    publish(i448, "11-25 18:20:55", ISSUE_448)
+
+    # A delete keeps only the key; the late older #440 version keeps its old uuid (publish time).
+    # Events stay in scenario order here; build_stream() sorts by delivery time.
+    return events
+
+
+# ---------------------------------------------------------------------------------------------
+# Assembly
+# ---------------------------------------------------------------------------------------------
+
+
+def copy_rng(seed: int, copy: int) -> random.Random:
+    # A str seed is hashed with SHA-512 by random.Random, so it is stable across runs and machines.
+    return random.Random(seed if copy == 0 else f"{seed}/copy/{copy}")
+
+
+def build_stream(seed: int, scale: int) -> dict[str, list[dict]]:
+    """All documents of the stream per collection, in delivery order, with `_meta` set."""
+    events: list[Event] = []
+    for copy in range(scale):
+        rng = copy_rng(seed, copy)
+        clock = Clock(rng, copy * COPY_SHIFT_US)
+        events += gong_events(rng, clock, copy)
+        events += slack_events(rng, clock, copy)
+        events += github_events(rng, clock, copy)
+
+    # UUIDs in publish order: documents published in the same tick get increasing counters.
+    by_publish = sorted(range(len(events)), key=lambda i: (events[i].publish_us, i))
+    uuids: dict[int, str] = {}
+    previous_us, counter = None, 0
+    for i in by_publish:
+        counter = counter + 1 if events[i].publish_us == previous_us else 0
+        previous_us = events[i].publish_us
+        uuids[i] = gazette_uuid(events[i].publish_us, counter)
+
+    streams: dict[str, list[dict]] = {name: [] for name in OUTPUT_FILES}
+    for i in sorted(range(len(events)), key=lambda i: (events[i].delivery_us, events[i].publish_us, i)):
+        event = events[i]
+        streams[event.collection].append({"_meta": {"uuid": uuids[i], "op": event.op}, **event.fields})
+    return streams
+
+
+def encode(doc: dict) -> str:
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+
+
+def write_stream(out_dir: Path, streams: dict[str, list[dict]]) -> dict[str, int]:
+    """Write the three files; returns bytes written per file name."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sizes = {}
+    for collection, file_name in OUTPUT_FILES.items():
+        docs = streams[collection]
+        if file_name.endswith(".jsonl"):
+            text = "".join(encode(doc) + "\n" for doc in docs)
+        else:  # one webhook request body: a JSON array, one element per line for readability
+            text = "[\n" + ",\n".join(encode(doc) for doc in docs) + "\n]\n"
+        data = text.encode("utf-8")
+        (out_dir / file_name).write_bytes(data)
+        sizes[file_name] = len(data)
+    return sizes
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "stream",
+                        help="output folder (default examples/stream)")
+    parser.add_argument("--scale", type=int, default=1, help="number of corpus copies (default 1)")
+    args = parser.parse_args(argv)
+    if args.scale < 1:
+        parser.error("--scale must be at least 1")
+    streams = build_stream(args.seed, args.scale)
+    sizes = write_stream(args.out, streams)
+    for collection, file_name in OUTPUT_FILES.items():
+        ops = [doc["_meta"]["op"] for doc in streams[collection]]
+        print(f"{file_name}: {len(ops)} documents (c={ops.count('c')} u={ops.count('u')} d={ops.count('d')}), "
+              f"{sizes[file_name]:,} bytes")
+
+
+if __name__ == "__main__":
+    main()

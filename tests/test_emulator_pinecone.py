@@ -89,7 +89,10 @@ def unit(seed: int, n: int = 1, dim: int = DIM) -> np.ndarray:
 def test_index_lifecycle_through_the_control_plane(emu, pc):
     started = time.monotonic()
     created = pc.create_index(
-        "chunks", dimension=384, metric="dotproduct", spec=ServerlessSpec(cloud="aws", region="eu-west-1")
+        "chunks",
+        dimension=384,
+        metric="dotproduct",
+        spec=ServerlessSpec(cloud="aws", region="eu-west-1"),
     )
     assert time.monotonic() - started < 2.0  # ready at once: no 5 s poll
     assert created.host == emu.index_host("chunks")
@@ -105,7 +108,9 @@ def test_index_lifecycle_through_the_control_plane(emu, pc):
     assert pc.has_index("chunks") and not pc.has_index("absent")
     assert [i.name for i in pc.list_indexes()] == ["chunks"]
     with pytest.raises(ConflictError):
-        pc.create_index("chunks", dimension=384, spec=ServerlessSpec(cloud="aws", region="us-east-1"))
+        pc.create_index(
+            "chunks", dimension=384, spec=ServerlessSpec(cloud="aws", region="us-east-1")
+        )
 
     data = pc.Index(name="chunks")  # resolves the host by describe
     data.upsert(vectors=[("a", [1.0] * 384)])
@@ -147,8 +152,9 @@ def test_upsert_then_fetch_returns_what_was_written(emu, idx):
     assert set(fetched.vectors) == set(ids)  # a missing id is simply absent
     for i, vid in enumerate(ids):
         assert fetched.vectors[vid].values == pytest.approx(values[i].tolist(), abs=0)
-        assert fetched.vectors[vid].metadata == {"doc": "gong:call-1", "n": float(i), "tags": ["x"], "ok": True}
-        assert type(fetched.vectors[vid].metadata["n"]) is float  # stored as float64, like the service
+        metadata = fetched.vectors[vid].metadata
+        assert metadata == {"doc": "gong:call-1", "n": float(i), "tags": ["x"], "ok": True}
+        assert type(metadata["n"]) is float  # stored as float64, like the service
     assert emu.requests_for("fetch")[0].query["ids"] == ids + ["gong:call-1#9"]
     assert "namespace" not in emu.requests_for("upsert")[0].body  # default namespace is omitted
     assert idx.fetch(ids=["gong:call-1#0"], namespace="other").vectors["gong:call-1#0"].values == (
@@ -202,7 +208,8 @@ def brute_force(metric: str, matrix: np.ndarray, query: np.ndarray, keep: np.nda
     else:
         scores = ((matrix - query) ** 2).sum(axis=1)
     rows = np.flatnonzero(keep)
-    best_first = rows[np.argsort(scores[rows] if metric == "euclidean" else -scores[rows], kind="stable")]
+    ranking = scores[rows] if metric == "euclidean" else -scores[rows]
+    best_first = rows[np.argsort(ranking, kind="stable")]
     return [f"v{r:04d}" for r in best_first[:k]], scores
 
 
@@ -210,7 +217,9 @@ def brute_force(metric: str, matrix: np.ndarray, query: np.ndarray, keep: np.nda
 def test_query_returns_the_true_nearest_neighbours_under_filters(emu, pc, metric):
     index = pc.Index(host=emu.create_index(f"nn-{metric}", DIM, metric))
     matrix32 = unit(3, CORPUS_SIZE)
-    index.upsert(vectors=[(f"v{i:04d}", matrix32[i], corpus_metadata(i)) for i in range(CORPUS_SIZE)])
+    index.upsert(
+        vectors=[(f"v{i:04d}", matrix32[i], corpus_metadata(i)) for i in range(CORPUS_SIZE)]
+    )
     matrix = matrix32.astype(np.float64)  # exactly what went over the wire
     metadata = [corpus_metadata(i) for i in range(CORPUS_SIZE)]
     query = unit(4)[0]

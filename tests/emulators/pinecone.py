@@ -239,7 +239,8 @@ def _default_fault_message(kind: str) -> str:
 def _upsert_ids(body: Any) -> set[str]:
     if not isinstance(body, dict) or not isinstance(body.get("vectors"), list):
         return set()
-    return {v["id"] for v in body["vectors"] if isinstance(v, dict) and isinstance(v.get("id"), str)}
+    vectors = body["vectors"]
+    return {v["id"] for v in vectors if isinstance(v, dict) and isinstance(v.get("id"), str)}
 
 
 # --------------------------------------------------------------------------- validation
@@ -288,7 +289,9 @@ def _check_values(values: Any, dimension: int, what: str) -> list[float]:
     if not all(_is_number(x) and math.isfinite(x) for x in values):
         raise _bad(f"{what}: values must be finite numbers")
     if len(values) != dimension:
-        raise _bad(f"Vector dimension {len(values)} does not match the dimension of the index {dimension}")
+        raise _bad(
+            f"Vector dimension {len(values)} does not match the dimension of the index {dimension}"
+        )
     if not any(values):
         raise _bad(f"{what}: Dense vectors must contain at least one non-zero value")
     return [float(x) for x in values]
@@ -487,7 +490,11 @@ class _Index:
                     }
                 }
             },
-            "deployment": {"deployment_type": "managed", "cloud": self.cloud, "region": self.region},
+            "deployment": {
+                "deployment_type": "managed",
+                "cloud": self.cloud,
+                "region": self.region,
+            },
             "deletion_protection": self.deletion_protection,
             "host": self.host,
             "tags": self.tags,
@@ -522,14 +529,16 @@ class _Silence:
 
 
 def _json_reply(status: int, payload: Any, headers: dict[str, str] | None = None) -> _Reply:
-    return _Reply(status, json.dumps(payload, separators=(",", ":")).encode(), headers=headers or {})
+    encoded = json.dumps(payload, separators=(",", ":")).encode()
+    return _Reply(status, encoded, headers=headers or {})
 
 
 def _error_reply(control_plane: bool, status: int, message: str) -> _Reply:
     if control_plane:
         code = _CONTROL_CODE.get(status, "UNKNOWN")
         return _json_reply(status, {"error": {"code": code, "message": message}, "status": status})
-    return _json_reply(status, {"code": _GRPC_CODE.get(status, 2), "message": message, "details": []})
+    code = _GRPC_CODE.get(status, 2)
+    return _json_reply(status, {"code": code, "message": message, "details": []})
 
 
 class _Server(ThreadingHTTPServer):
@@ -656,7 +665,9 @@ class PineconeEmulator:
     source claims the server does.
     """
 
-    def __init__(self, api_key: str = "test-key", *, seed: int = 0, null_metadata: str = "reject") -> None:
+    def __init__(
+        self, api_key: str = "test-key", *, seed: int = 0, null_metadata: str = "reject"
+    ) -> None:
         if null_metadata not in ("reject", "strip"):
             raise ValueError("null_metadata must be 'reject' or 'strip'")
         self.api_key = api_key
@@ -810,7 +821,8 @@ class PineconeEmulator:
         if rule.kind == "429":
             headers = {"Retry-After": _format_seconds(rule.retry_after_s or 0.0)}
             if rule.body_format == "text":
-                return _Reply(429, rule.message.encode(), content_type="text/plain", headers=headers)
+                body = rule.message.encode()
+                return _Reply(429, body, content_type="text/plain", headers=headers)
             reply = _error_reply(control_plane, 429, rule.message)
             reply.headers.update(headers)
             return reply
@@ -863,7 +875,7 @@ class PineconeEmulator:
                 raise _bad("the emulator supports one dense '_values' field only")
             dimension, metric = dense.get("dimension"), dense.get("metric") or "cosine"
         elif fields:
-            raise _bad(f"the emulator supports one dense '_values' field only, got {sorted(fields)}")
+            raise _bad(f"the emulator supports one dense '_values' field, got {sorted(fields)}")
         else:  # the pre-2026-07 top-level shape
             dimension, metric = body.get("dimension"), body.get("metric") or "cosine"
         dimension = _check_int(dimension, "dimension", 1, MAX_DIMENSION)
@@ -927,8 +939,9 @@ class PineconeEmulator:
                 raise _bad(f"{where} must be an object")
             vid = _check_id(item.get("id"), f"{where}.id")
             values = _check_values(item.get("values"), index.dimension, where)
-            metadata = item.get("metadata")
-            metadata = {} if metadata is None else _check_metadata(metadata, where, self.null_metadata)
+            metadata: dict[str, Any] = {}
+            if item.get("metadata") is not None:
+                metadata = _check_metadata(item["metadata"], where, self.null_metadata)
             sparse = _check_sparse(item.get("sparseValues"), where)
             staged.append((vid, _Record(values, np.asarray(values), metadata, sparse, visible_at)))
         slots = index.namespaces.setdefault(namespace, {})
@@ -1009,7 +1022,9 @@ class PineconeEmulator:
                 slots.pop(_check_id(vid), None)
         else:
             predicate = compile_filter(flt)
-            doomed = [vid for vid, s in slots.items() if (r := s.latest()) and predicate(r.metadata)]
+            doomed = [
+                vid for vid, s in slots.items() if (r := s.latest()) and predicate(r.metadata)
+            ]
             for vid in doomed:
                 del slots[vid]
         if not slots:
@@ -1082,7 +1097,10 @@ class PineconeEmulator:
 
     def _stats(self, index: _Index, body: dict, _q: dict, now: float) -> dict:
         if body.get("filter"):
-            raise _bad("Serverless and starter indexes do not support describing index stats with metadata filtering.")
+            raise _bad(
+                "Serverless and starter indexes do not support describing index stats "
+                "with metadata filtering."
+            )
         counts = {ns: len(index.visible(ns, now)) for ns in list(index.namespaces)}
         counts = {ns: n for ns, n in counts.items() if n}
         return {

@@ -1050,7 +1050,9 @@ class WeaviateEmulator:
         http.emulator = self  # type: ignore[attr-defined]
         self._http = http
         self.http_port = http.server_address[1]
-        self._http_thread = threading.Thread(target=http.serve_forever, name="weaviate-emu-rest", daemon=True)
+        self._http_thread = threading.Thread(
+            target=http.serve_forever, kwargs={"poll_interval": 0.05}, name="weaviate-emu-rest", daemon=True
+        )
         self._http_thread.start()
 
         server = grpc.server(
@@ -1403,6 +1405,7 @@ class _Servicer(weaviate_pb2_grpc.WeaviateServicer):
         if certainty is not None:
             ok = d <= 2 * (1 - certainty)
             keep, d = keep[ok], d[ok]
+        d = d[: offset + limit]; keep = keep[: offset + limit]
         k = min(offset + limit, len(d))
         if k == 0:
             return []

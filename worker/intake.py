@@ -1,0 +1,103 @@
+"""Webhook intake: authenticate, read, and validate one Estuary request; then spool it.
+
+Refused (and retried by Estuary) only when nothing can be persisted or the request is unreadable
+or unauthorized: bad token (401), unknown collection (400), body over ``max_body_bytes`` (413),
+not a JSON array of objects, invalid UTF-8, nesting deeper than ``max_json_depth`` (400), spool
+over budget or draining (503). A document that does not fit its binding never fails the request:
+it goes to the dead-letter store and the rest are spooled.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from worker.deadletter import DeadLetterStore
+from worker.documents import Binding
+from worker.errors import DocumentInvalid, RequestInvalid, Unauthorized
+from worker.spool import Spool
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    collection: str
+    received: int
+    accepted: int
+    dead_lettered: int
+    seq: int | None
+
+
+def check_bearer(header: str | None, token: str | None) -> None:
+    """Constant-time comparison of ``Authorization: Bearer <token>``."""
+    if not token:
+        raise Unauthorized("this endpoint has no token configured; set it in the server section")
+    if not header or not header.startswith("Bearer "):
+        raise Unauthorized("missing 'Authorization: Bearer <token>' header")
+    if not hmac.compare_digest(header[7:].strip().encode(), token.encode()):
+        raise Unauthorized("invalid bearer token")
+
+
+def too_deep(node: Any, limit: int) -> bool:
+    """True if ``node`` nests deeper than ``limit`` (iterative; stops at the first hit)."""
+    stack = [(node, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values() if isinstance(v, (dict, list)))
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value if isinstance(v, (dict, list)))
+    return False
+
+
+def parse_body(body: bytes, *, max_depth: int) -> list[dict[str, Any]]:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        reason = "body is not valid UTF-8" if "utf-8" in str(exc).lower() else f"body is not valid JSON: {exc}"
+        raise RequestInvalid(reason) from None
+    if not isinstance(data, list):
+        raise RequestInvalid(f"body must be a JSON array of documents, not a JSON {type(data).__name__}")
+    for i, element in enumerate(data):
+        if not isinstance(element, dict):
+            raise RequestInvalid(f"element {i} is a JSON {type(element).__name__}, not a document object")
+    if too_deep(data, max_depth):
+        raise RequestInvalid(f"body nests deeper than {max_depth} levels")
+    return data
+
+
+class Intake:
+    def __init__(self, *, bindings: Mapping[str, Binding], spool: Spool, dead_letters: DeadLetterStore,
+                 max_depth: int) -> None:
+        self.bindings = bindings
+        self.spool = spool
+        self.dead_letters = dead_letters
+        self.max_depth = max_depth
+
+    def accept(self, collection: str, body: bytes) -> Accepted:
+        """Validate and spool one request body (durable when this returns)."""
+        binding = self.bindings.get(collection)
+        if binding is None:
+            raise RequestInvalid(f"unknown collection {collection!r}; bound: "
+                                 + ", ".join(sorted(self.bindings)))
+        docs = parse_body(body, max_depth=self.max_depth)
+        bad: list[tuple[str, str | None, str, str, Any]] = []
+        good: list[dict[str, Any]] = []
+        for raw in docs:
+            try:
+                binding.parse(raw)
+            except DocumentInvalid as exc:
+                bad.append((collection, exc.key, "validate", str(exc), raw))
+            else:
+                good.append(raw)
+        self.dead_letters.add_many(bad)  # durable before we answer, like the spool
+        seq = None
+        if good:
+            payload = body if not bad else orjson.dumps(good)
+            seq = self.spool.append(collection, payload, len(good))
+        return Accepted(collection, len(docs), len(good), len(bad), seq)
