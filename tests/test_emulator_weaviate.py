@@ -449,11 +449,16 @@ def test_api_key_is_required_on_rest_and_grpc() -> None:
             coll = create_docs(c)
             insert_docs(coll, 2)
             assert len(coll.query.fetch_objects().objects) == 2
+            grpc_calls = [r for r in emu.requests if r.transport == "grpc"]
+            assert grpc_calls and all(r.headers.get("authorization") == "Bearer s3cret" for r in grpc_calls)
+            assert all(r.status == "OK" for r in grpc_calls)
+
+            emu.api_key = "rotated"  # the server's key changes under a connected client
+            with pytest.raises(WeaviateQueryError, match="unauthenticated"):
+                coll.query.fetch_objects()
+            assert emu.calls("search")[-1].status == "UNAUTHENTICATED"
         finally:
             c.close()
-        grpc_calls = [r for r in emu.requests if r.transport == "grpc"]
-        assert grpc_calls and all(r.headers.get("authorization") == "Bearer s3cret" for r in grpc_calls)
-        assert all(r.status == "OK" for r in grpc_calls)
 
 
 def test_stop_releases_the_ports() -> None:

@@ -154,6 +154,44 @@ class SinksConfig(Strict):
         return [n for n in ("local", "pinecone", "weaviate") if getattr(self, n) is not None]
 
 
+class WebhookSourceConfig(Strict):
+    enabled: bool = True
+
+
+class DekafTopicConfig(Strict):
+    """One Dekaf topic → one binding. The topic name defaults to the collection name."""
+
+    collection: str = Field(min_length=1)
+    topic_name: str | None = None
+
+    @property
+    def topic(self) -> str:
+        return self.topic_name or self.collection
+
+
+class DekafSourceConfig(Strict):
+    """Estuary's Kafka-protocol read path (Dekaf): a pull stream that can be replayed."""
+
+    bootstrap_servers: str = "dekaf.estuary-data.com:9092"
+    security_protocol: Literal["SASL_SSL", "SASL_PLAINTEXT", "SSL", "PLAINTEXT"] = "SASL_SSL"
+    sasl_mechanism: Literal["PLAIN"] = "PLAIN"
+    username: str | None = None  # the materialization's full task name
+    password: SecretStr | None = None  # the materialization's token
+    schema_registry_url: str = "https://dekaf.estuary-data.com"
+    schema_registry_username: str | None = None  # default: username
+    schema_registry_password: SecretStr | None = None  # default: password
+    group_id: str = Field(min_length=1)
+    topics: tuple[DekafTopicConfig, ...] = Field(min_length=1)
+    deletions: Literal["kafka", "cdc"] = "kafka"
+    max_batch_messages: int = Field(default=500, ge=1)
+    poll_timeout_s: float = Field(default=1.0, gt=0)
+
+
+class SourcesConfig(Strict):
+    webhook: WebhookSourceConfig = WebhookSourceConfig()
+    dekaf: DekafSourceConfig | None = None
+
+
 class WorkerConfig(Strict):
     model: str = "all-minilm-l6-v2"
     #: Where model specs live; default: ``models/`` of the working directory, then of the repo.
@@ -166,6 +204,7 @@ class WorkerConfig(Strict):
     spool: SpoolConfig = SpoolConfig()
     retry: RetryConfig = RetryConfig()
     sinks: SinksConfig = SinksConfig(local=LocalSinkConfig())
+    sources: SourcesConfig = SourcesConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")
@@ -175,6 +214,11 @@ class WorkerConfig(Strict):
             if b.collection in seen:
                 raise ValueError(f"collection {b.collection!r} is bound twice")
             seen.add(b.collection)
+        if self.sources.dekaf is not None:
+            for t in self.sources.dekaf.topics:
+                if t.collection not in seen:
+                    raise ValueError(f"sources.dekaf.topics: collection {t.collection!r} has no binding; "
+                                     "add it to bindings")
         if not self.sinks.names():
             raise ValueError("no sink configured: set at least one of sinks.local, "
                              "sinks.pinecone, sinks.weaviate")

@@ -106,12 +106,13 @@ class EmbeddingEngine:
         self.stop()
 
     # -- the caller's side -------------------------------------------------------------------
-    def embed(self, chunks: Sequence[Chunk]) -> np.ndarray:
+    def embed(self, chunks: Sequence[Chunk], *, use_cache: bool = True) -> np.ndarray:
         """Vectors for ``chunks`` in their order (float32 ``[n, dim]``). Blocks; thread-safe."""
         out = np.zeros((len(chunks), self.backend.dimensions), dtype=np.float32)
         if not chunks:
             return out
-        cached = self.cache.get_many([c.content_hash for c in chunks]) if self.cache else {}
+        cache = self.cache if use_cache else None  # queries bypass the cache
+        cached = cache.get_many([c.content_hash for c in chunks]) if cache else {}
         todo: dict[str, list[int]] = {}
         for i, c in enumerate(chunks):
             vec = cached.get(c.content_hash)
@@ -136,8 +137,8 @@ class EmbeddingEngine:
             raise request.error
         for slot, positions in enumerate(todo.values()):
             out[positions] = unique[slot]
-        if self.cache is not None:
-            self.cache.put_many([(h, unique[slot]) for slot, h in enumerate(todo)])
+        if cache is not None:
+            cache.put_many([(h, unique[slot]) for slot, h in enumerate(todo)])
         return out
 
     # -- collator thread ---------------------------------------------------------------------

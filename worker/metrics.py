@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -44,6 +45,12 @@ class Metrics:
         self.tokens_embedded.inc(tokens)
         self.batches.inc()
         self.embedding_seconds.inc(seconds)
+
+    def observe_visible(self, sink: str, docs: list) -> None:  # noqa: ANN001
+        """End-to-end lag: publish time (from _meta.uuid) to written in ``sink``."""
+        now = time.time()
+        for doc in docs:
+            self.lag.labels(sink).observe(max(0.0, now - doc.published_at))
 
     def watch_spool(self, depth: Callable[[], int], size_bytes: Callable[[], int],
                     behind: Callable[[], dict[str, int]]) -> None:

@@ -22,6 +22,7 @@ from worker.embed import Embedder
 from worker.engine import EmbeddingEngine
 from worker.errors import ConfigError
 from worker.ledger import Ledger
+from worker.metrics import Metrics
 from worker.modelspec import ModelSpec, load_spec
 from worker.pipeline import Pipeline
 from worker.sinks.base import Sink
@@ -98,7 +99,7 @@ def load_model(config: WorkerConfig, env: Mapping[str, str]) -> tuple[ModelSpec,
 
 def build_runtime(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
                   sink: str | None = None, embedder: Embedder | None = None,
-                  ensure_sinks: bool = True) -> Runtime:
+                  ensure_sinks: bool = True, metrics: Metrics | None = None) -> Runtime:
     env = dict(os.environ) if env is None else env
     if embedder is None:
         spec, embedder = load_model(config, env)
@@ -113,7 +114,8 @@ def build_runtime(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
                                dimensions=spec.dimensions,
                                max_entries=config.embedding.cache_max_entries)
     engine = EmbeddingEngine(embedder, max_batch_tokens=config.embedding.max_batch_tokens,
-                             max_wait_ms=config.embedding.max_wait_ms, cache=cache).start()
+                             max_wait_ms=config.embedding.max_wait_ms, cache=cache,
+                             on_batch=metrics.on_batch if metrics else None).start()
     chunker = Chunker(embedder.tokenizer, max_tokens=config.chunking.max_tokens,
                       overlap_tokens=config.chunking.overlap_tokens,
                       model_max_tokens=spec.max_seq_tokens, cls_id=embedder.info.cls_id,
@@ -126,6 +128,7 @@ def build_runtime(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
     ledger = Ledger(state / f"ledger-{spec.id}.sqlite")
     bindings = {b.collection: Binding(b) for b in config.bindings}
     pipeline = Pipeline(bindings=bindings, chunker=chunker, engine=engine, sinks=sinks,
-                        ledger=ledger, dead_letters=dead_letters)
+                        ledger=ledger, dead_letters=dead_letters,
+                        on_visible=metrics.observe_visible if metrics else None)
     return Runtime(config, spec, embedder, engine, chunker, sinks, ledger, dead_letters, cache,
                    pipeline, bindings)

@@ -1405,7 +1405,6 @@ class _Servicer(weaviate_pb2_grpc.WeaviateServicer):
         if certainty is not None:
             ok = d <= 2 * (1 - certainty)
             keep, d = keep[ok], d[ok]
-        d = d[: offset + limit]; keep = keep[: offset + limit]
         k = min(offset + limit, len(d))
         if k == 0:
             return []
