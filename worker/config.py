@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from worker.errors import ConfigError
 
@@ -26,6 +27,16 @@ CHUNKERS = ("transcript", "slack", "markdown", "plain")
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any, info: ValidationInfo) -> Any:
+        """``${VAR:-}`` gives ""; for an optional key that means "not set"."""
+        if value == "" and info.field_name is not None:
+            field = cls.model_fields[info.field_name]
+            if not field.is_required() and field.default is None:
+                return None
+        return value
 
 
 class BindingConfig(Strict):

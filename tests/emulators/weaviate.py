@@ -1017,7 +1017,11 @@ def _to_properties(schema_props: list[dict[str, Any]] | None, values: dict[str, 
 
 
 class WeaviateEmulator:
-    """In-process Weaviate (REST on ``http_port``, gRPC on ``grpc_port``), see the module docstring."""
+    """In-process Weaviate (REST on ``http_port``, gRPC on ``grpc_port``), see the module docstring.
+
+    ``api_key`` may be reassigned while running (simulates a rotated key). ``requests`` grows for
+    the emulator's lifetime; ``calls(op)`` filters it. Thread-safe: one lock guards the store.
+    """
 
     def __init__(self, api_key: str | None = None, *, seed: int = 0) -> None:
         self.api_key = api_key
@@ -1760,7 +1764,9 @@ class _RestHandler(BaseHTTPRequestHandler):
                 raise _RestReply(exc.http_status, _error_body(exc.message)) from None
             except (ValueError, KeyError, TypeError) as exc:
                 raise _RestReply(422, _error_body(f"invalid request: {type(exc).__name__}: {exc}")) from None
-            raise _RestReply(200, result) if not isinstance(result, _RestReply) else result
+            if isinstance(result, _RestReply):
+                raise result
+            raise _RestReply(200, result)
         except _RestReply as reply:
             if reply.status == 0:  # drop
                 rec.status = None
