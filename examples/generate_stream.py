@@ -1216,7 +1216,7 @@ def slack_script() -> list[SlackMessage]:
           "speaker filters. Notes: <https://github.com/sophia-ai/ai-memory/releases/tag/v2.14.0|v2.14.0>",
           thread_ts_on_parent=True, reactions=[{"name": "rocket", "count": 6}], sentiment=0.6),
         m("release-pause", "releases", "jonas", "11-23 16:48:03",
-          "Pausing the rollout at 25% :double_vertical_bar: the new reranker doubled CPU on the query pods and "
+          "Pausing the v2.14.0 rollout at 25% :double_vertical_bar: the new reranker doubled CPU on the query pods and "
           "p95 went from 310 ms to 780 ms.", parent="release", sentiment=-0.4),
         m("release-mpatel", "releases", "mpatel", "11-23 17:10:36",
           "We can rerank only the top 50 candidates instead of 200, PR incoming.", parent="release", sentiment=0.2),
@@ -1381,8 +1381,7 @@ One hit per Slack message, with the edited text.
 - happens for GitHub issue edits too
 """
 
-ISSUE_412_V2 = ISSUE_412_V1 + f"""
-## Root cause
+ROOT_CAUSE_412 = """## Root cause
 Point ids were derived from a hash of the chunk **text**, not from `(collection key, chunk index)`. An edit
 changes the text, so it produced brand-new point ids and the old points were never overwritten or deleted.
 Both versions stayed in the index until the nightly compaction, which does not run on Qdrant at all.
@@ -1392,8 +1391,10 @@ Both versions stayed in the index until the nightly compaction, which does not r
 - after upserting a new version, delete chunk indexes `>= new chunk count` for that key
 - content hash is kept only to skip re-embedding unchanged chunks
 
-Closing, fixed in v2.14.0.
 """
+# The edit puts the root cause right under the summary and closes the issue.
+ISSUE_412_V2 = ISSUE_412_V1.replace("## Steps to reproduce", ROOT_CAUSE_412 + "## Steps to reproduce") + (
+    "\nClosing, fixed in v2.14.0.\n")
 
 ISSUE_431_HEAD = f"""## What happens
 When the spool holds an hour-long Gong call (~9k words, ~12k tokens after chunking), the embed stage sends

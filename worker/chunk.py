@@ -251,7 +251,10 @@ def _windows(enc: Encoding, text: str, budget_of, first_line: str, cont_line: st
         if end == n:
             return
         nxt = max(end - overlap, start + 1)
-        while nxt < end - 1 and tokens[nxt].startswith("##"):
+        # Never start inside a word: when the overlap lies wholly inside one long word, start at
+        # ``end`` (a word start) and give up the overlap rather than store text that re-tokenizes
+        # to other ids.
+        while nxt < end and tokens[nxt].startswith("##"):
             nxt += 1
         start, line = nxt, cont_line
 
