@@ -1373,8 +1373,8 @@ One hit per Slack message, with the edited text.
 
 ## Actual
 {FENCE}
-0.81 ['C024BE91L', '1795790502.120044'] Acme legal sync is Tuesday 3pm
-0.79 ['C024BE91L', '1795790502.120044'] Acme legal sync moved to Wednesday 10am
+0.81 ['C07QA0TST', '1795188912.120044'] Acme legal sync is Tuesday 3pm
+0.79 ['C07QA0TST', '1795188912.120044'] Acme legal sync moved to Wednesday 10am
 {FENCE}
 
 - worker 0.8.3, sink: qdrant 1.12

@@ -87,3 +87,129 @@ def load_stream(collection: str) -> list[dict]:
     if path.suffix == ".jsonl":
         return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
     return orjson.loads(path.read_bytes())
+
+
+# -- Flow message UUIDs ------------------------------------------------------------------------
+
+_GREGORIAN_TO_UNIX_TICKS = 0x01B21DD213814000
+
+
+def flow_uuid(unix_s: float, counter: int = 0, flags: int = 0) -> str:
+    """A v1 UUID laid out like Gazette's: timestamp = publish time, clock_seq = counter << 10 | flags.
+
+    Built from the layout in shared/reference/estuary.md, not from worker code, so tests that
+    decode it check the worker against the spec.
+    """
+    import uuid
+
+    ticks = round(unix_s * 10_000_000) + _GREGORIAN_TO_UNIX_TICKS
+    clock_seq = (counter << 10) | flags
+    return str(uuid.UUID(fields=(ticks & 0xFFFFFFFF, (ticks >> 32) & 0xFFFF,
+                                 ((ticks >> 48) & 0x0FFF) | 0x1000,
+                                 0x80 | (clock_seq >> 8), clock_seq & 0xFF, 0x0242AC120002)))
+
+
+# -- the sample stream, indexed once -----------------------------------------------------------
+
+DELIVERY_GROUP = 8  # documents per pipeline.apply, like small webhook requests in delivery order
+
+
+class IndexedStream:
+    """The whole sample stream applied, in delivery order, into one fresh local store."""
+
+    def __init__(self, root: Path, config, runtime, dead_lettered: int) -> None:
+        self.root = root
+        self.config = config
+        self.runtime = runtime
+        self.dead_lettered = dead_lettered
+
+    @property
+    def sink(self):
+        return self.runtime.sinks["local"]
+
+    @property
+    def embedder(self):
+        return self.runtime.embedder
+
+
+def apply_stream(runtime, group: int = DELIVERY_GROUP) -> int:
+    """Validate and apply every collection of the sample stream; returns how many were rejected."""
+    rejected = 0
+    for collection in COLLECTIONS:
+        raws = load_stream(collection)
+        for start in range(0, len(raws), group):
+            docs, bad = runtime.pipeline.validate(collection, raws[start:start + group])
+            rejected += bad
+            runtime.pipeline.apply(docs)
+    return rejected
+
+
+@pytest.fixture(scope="session")
+def indexed_stream(tmp_path_factory, embedder):
+    """The sample stream reindexed once per session (embedding it is the slowest step of the
+    suite). Read-only for tests: query it, read its rows, copy its state; never write to it."""
+    from worker.runtime import build_runtime
+
+    root = tmp_path_factory.mktemp("indexed-stream")
+    config = make_config(root)
+    runtime = build_runtime(config, {}, embedder=embedder)
+    try:
+        rejected = apply_stream(runtime)
+        yield IndexedStream(root, config, runtime, rejected)
+    finally:
+        runtime.close()
+
+
+def copy_embedding_cache(source_state: Path, target_state: Path) -> None:
+    """Copy the embedding cache (a consistent SQLite snapshot, WAL included) to a new state dir."""
+    import sqlite3
+
+    target_state.mkdir(parents=True, exist_ok=True)
+    src = sqlite3.connect(str(source_state / "embeddings.sqlite"))
+    dst = sqlite3.connect(str(target_state / "embeddings.sqlite"))
+    try:
+        src.backup(dst)
+    finally:
+        dst.close()
+        src.close()
+
+
+@pytest.fixture(scope="session")
+def stream_cache(tmp_path_factory, embedder, spec):
+    """An embedding-cache file holding every chunk of the sample stream, computed once per session.
+
+    Embedding the whole stream takes about a minute on two cores; tests that only need the
+    vectors to be *right* (not computed in front of them) copy this file into their state dir
+    with :func:`seed_cache`, which is exactly what a restarted worker finds on disk.
+    """
+    from worker.cache import EmbeddingCache
+    from worker.documents import Binding
+    from worker.config import BindingConfig
+    from worker.chunk import Chunker
+    from worker.engine import EmbeddingEngine
+
+    path = tmp_path_factory.mktemp("stream-cache") / "embeddings.sqlite"
+    cache = EmbeddingCache(path, fingerprint=spec.fingerprint, dimensions=spec.dimensions,
+                           max_entries=1_000_000)
+    chunker = Chunker(embedder.tokenizer, max_tokens=256, overlap_tokens=32,
+                      model_max_tokens=spec.max_seq_tokens, cls_id=embedder.info.cls_id,
+                      sep_id=embedder.info.sep_id, prompt_ids=embedder.info.passage_prompt_ids)
+    presets = {"sophia-ai/gong-calls-enriched": "gong_call",
+               "sophia-ai/slack-messages-enriched": "slack_message",
+               "sophia-ai/github-enriched": "github_document"}
+    with EmbeddingEngine(embedder, max_batch_tokens=16384, max_wait_ms=5, cache=cache) as engine:
+        for collection, preset in presets.items():
+            binding = Binding(BindingConfig(collection=collection, preset=preset))
+            docs = [binding.parse(raw) for raw in load_stream(collection)]
+            chunks = [c for cd in chunker.chunk(docs) for c in cd.chunks]
+            engine.embed(chunks)
+    cache.close()
+    return path
+
+
+def seed_cache(stream_cache: Path, state_dir: Path) -> None:
+    """Copy the session's warm embedding cache into a worker state dir (before it starts)."""
+    import shutil
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(stream_cache, state_dir / "embeddings.sqlite")

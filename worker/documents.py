@@ -9,6 +9,7 @@ key (when known) and the field; the caller dead-letters the document and goes on
 
 from __future__ import annotations
 
+import re
 import uuid as uuidlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -279,7 +280,23 @@ def _gong(raw: Mapping[str, Any], invalid: Invalid) -> dict[str, Any]:
     account = _str(raw, "account_name")
     return dict(title=_str(raw, "title"), url=_str(raw, "url"),
                 context=f"call with {account}" if account else "call",
-                sections=tuple(s for s in sections if s.text), metadata=metadata)
+                sections=tuple(s for s in sections if s.text.strip()), metadata=metadata)
+
+
+_SLACK_USER = re.compile(r"<@([A-Z0-9]+)(?:\|([^>]+))?>")
+_SLACK_CHANNEL = re.compile(r"<#([A-Z0-9]+)(?:\|([^>]*))?>")
+_SLACK_LINK = re.compile(r"<((?:https?|mailto):[^|>]+)(?:\|([^>]+))?>")
+_SLACK_SPECIAL = re.compile(r"<!(here|channel|everyone)(?:\|[^>]*)?>")
+
+
+def slack_plain_text(text: str) -> str:
+    """Slack markup to the words a reader sees: ``<@U1|leo>`` → ``@leo``, ``<#C1|deal>`` →
+    ``#deal``, ``<https://x|label>`` → ``label (https://x)``."""
+    text = _SLACK_USER.sub(lambda m: "@" + (m.group(2) or m.group(1)), text)
+    text = _SLACK_CHANNEL.sub(lambda m: "#" + (m.group(2) or m.group(1)), text)
+    text = _SLACK_LINK.sub(lambda m: f"{m.group(2)} ({m.group(1)})" if m.group(2) else m.group(1), text)
+    text = _SLACK_SPECIAL.sub(lambda m: "@" + m.group(1), text)
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
 def _slack(raw: Mapping[str, Any], invalid: Invalid) -> dict[str, Any]:
@@ -299,7 +316,7 @@ def _slack(raw: Mapping[str, Any], invalid: Invalid) -> dict[str, Any]:
     context = f"#{channel}" + (f" thread {thread_ts}" if is_reply else "")
     user = _str(raw, "user_name") or _str(raw, "user_id")
     return dict(title=f"#{channel}" if channel else "", url=_str(raw, "permalink"), context=context,
-                sections=(Section(clean_text(text), user),) if text.strip() else (),
+                sections=(Section(slack_plain_text(clean_text(text)), user),) if text.strip() else (),
                 metadata=metadata)
 
 

@@ -239,8 +239,10 @@ class Service:
         return self.rt.sinks[sink].query(vector, k, where)
 
     def app(self) -> Starlette:
+        webhook = [Route("/estuary/webhook/{collection:path}", self.webhook, methods=["POST"])] \
+            if self.config.sources.webhook.enabled else []
         return Starlette(routes=[
-            Route("/estuary/webhook/{collection:path}", self.webhook, methods=["POST"]),
+            *webhook,
             Route("/estuary/status", self.status, methods=["GET"]),
             Route("/estuary/schema", self.schema, methods=["GET"]),
             Route("/metrics", self.metrics_endpoint, methods=["GET"]),
