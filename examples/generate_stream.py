@@ -11,8 +11,10 @@ Output files, each in delivery order:
 
 Contract:
 - Standard library only. The same (seed, scale) always gives the same bytes: every random choice
-  comes from one seeded ``random.Random`` per corpus copy, no clock is read, documents are plain
-  dicts built in a fixed order, and the JSON is written with fixed separators.
+  comes from a seeded ``random.Random`` per corpus copy and collection, no clock is read,
+  documents are plain dicts built in a fixed order, and the JSON is written with fixed separators.
+- Keys of Slack messages (their ``ts``) depend on the seed; examples/queries.json is written for
+  the default seed 7.
 - ``_meta.uuid`` is a real v1 UUID whose timestamp is the publish time (see
   shared/reference/estuary.md section 2). Publish times increase through the whole stream, across
   the three files; the one exception is a deliberately late, older version of a GitHub issue,
@@ -157,8 +159,8 @@ PROPER_WORDS = {"Okta", "Salesforce", "Frankfurt", "Schrems", "Microsoft", "Team
                 "Kestrel", "Quantum", "Orchid", "Helix", "Brightline", "Teams"}
 
 BACKCHANNELS = ["Yeah.", "Right.", "Okay, that makes sense.", "Got it.", "Mm-hm.", "Sure.",
-                "Understood.", "That's fair.", "Okay, good to know.", "Interesting.", "Yep, go ahead.",
-                "Sorry, go on.", "Perfect.", "Makes sense to me.", "Okay.", "Right, right."]
+                "Understood.", "That's fair.", "Okay, good to know.", "Interesting.", "Perfect.",
+                "Makes sense to me.", "Okay.", "Right, right.", "Good to hear.", "Fair enough."]
 
 FILLERS = [
     "Let me share my screen, tell me when you can see the dashboard.",
@@ -212,6 +214,8 @@ TOPICS: dict[str, dict[str, list]] = {
             "Where it falls down is older content, anything from before we connected the archive is missing.",
             "A couple of people complained that results felt noisy when they typed only two or three words.",
             "The new hires actually pick it up faster than the veterans, who still search their inbox first.",
+            "Our team leads started sharing saved answers in the Monday stand-up, and that helped a lot.",
+            "Some people still don't know the Slack bot exists, honestly.",
         ],
         "int_a": [
             "On our dashboard {metric} is up about {pct} percent since {month}, which is healthy for an account your size.",
@@ -220,6 +224,9 @@ TOPICS: dict[str, dict[str, list]] = {
             "Short queries are a known weak spot, and the hybrid search in the latest release helps a lot there.",
             "I can send you a monthly adoption report so you're not pulling numbers by hand.",
             "If you connect the archive we'd backfill it over a weekend, with no downtime for your users.",
+            "Most searches happen between nine and eleven in the morning, right before customer calls.",
+            "The Slack bot answers about a third of questions without anyone opening the web app.",
+            "We've seen accounts double their usage after turning on the weekly digest.",
         ],
     },
     "pricing": {
@@ -252,6 +259,8 @@ TOPICS: dict[str, dict[str, list]] = {
             "I'd rather pay for active users than for every seat we provision.",
             "The last renewal went through with almost no questions, this year everything gets scrutinized.",
             "My boss will ask me what we get for the extra money, so I need a story, not just a number.",
+            "We also need net-sixty payment terms, that's company policy.",
+            "Finance will ask for the price per active user, so please show that on the quote.",
         ],
         "int_a": [
             "For a {term} term we can usually hold the per-seat price and add price protection.",
@@ -259,6 +268,9 @@ TOPICS: dict[str, dict[str, list]] = {
             "I can't commit to a discount on this call, but I'll take it to my VP with a clear business case.",
             "If the paperwork lands before quarter end I have more room to work with.",
             "I'll put two options in the quote, one with a longer term and one with flexible seats, so finance can compare.",
+            "Multi-year terms also lock in the connector pricing, which goes up for new customers in the spring.",
+            "I can include a few free admin seats, those don't count against the total.",
+            "Our finance team needs the PO number on the order form, just so you're aware.",
         ],
     },
     "security": {
@@ -290,11 +302,16 @@ TOPICS: dict[str, dict[str, list]] = {
             "{doc} is what they'll read first, so sending it early saves us a week.",
             "The security team will want a call with someone technical, not just documents.",
             "Audit season starts in {month}, so anything open after that gets painful.",
+            "Our CISO reads the pen test summary personally, so that one matters.",
+            "We had a vendor breach two years ago, so the bar is higher now.",
         ],
         "int_a": [
             "I'll get you access to the trust portal, everything there is watermarked per viewer.",
             "Happy to set up a call with our security lead, that's usually faster than going back and forth by email.",
             "We also run a bug bounty, and the summary of last year's findings is in the portal.",
+            "We're also ISO 27001 certified, the certificate is on the portal next to the SOC 2.",
+            "Every laptop is managed and encrypted, and we run phishing simulations every quarter.",
+            "Customer data is logically separated per tenant, and each tenant has its own encryption key.",
         ],
     },
     "residency": {
@@ -322,11 +339,16 @@ TOPICS: dict[str, dict[str, list]] = {
             "The works council has to approve any tool that processes employee conversations.",
             "GDPR is the baseline, and our own customers add their clauses on top of that.",
             "We need the data processing agreement to list the regions explicitly.",
+            "Our own customers ask us the same questions, so we need answers we can pass on.",
+            "Anything American in the chain makes our legal team nervous, even billing.",
         ],
         "int_a": [
             "We can provide a transfer impact assessment, legal has a template ready.",
             "Residency is set per workspace, so a future US subsidiary could live in a separate region.",
             "Our EU on-call engineers are based in Berlin and Lisbon, so incidents are handled inside the EU.",
+            "Logs are kept for thirty days and then deleted, also inside the EU.",
+            "The EU cluster is a separate deployment with its own on-call rotation, not a region flag on a US system.",
+            "You can download an audit log of every support access to your workspace.",
         ],
     },
     "sso": {
@@ -353,11 +375,15 @@ TOPICS: dict[str, dict[str, list]] = {
         "ext_a": [
             "Deprovisioning is what our auditors care about, offboarding has to happen the same day.",
             "We've had vendors where the IdP-initiated flow worked but SP-initiated didn't.",
+            "We rotate the signing certificate every year, so that needs to be painless.",
+            "Multi-factor is enforced at the IdP, we don't want a second prompt in your app.",
         ],
         "int_a": [
             "If you send me the metadata XML I can check the configuration before you flip it on.",
             "We recommend testing with a small group first, then enforcing SSO for everyone.",
             "SCIM syncs every forty minutes from {idp}, and you can push a single user immediately.",
+            "Session length is configurable, most customers choose twelve hours.",
+            "We support several IdP connections per workspace, which helps after acquisitions.",
         ],
     },
     "latency": {
@@ -383,11 +409,16 @@ TOPICS: dict[str, dict[str, list]] = {
             "Our reps noticed searches taking several seconds, and some just spun and never came back.",
             "That's not acceptable during peak season, it's exactly when the {team} need it most.",
             "Escalations came in from three regional managers on the same morning.",
+            "Our peak is the six weeks from mid-November to New Year, everything else is secondary.",
+            "When the tool is slow, people go back to asking each other in Slack and never come back.",
         ],
         "int_a": [
             "I want to start by apologizing, that's not the experience we promise.",
             "Our target is p95 under five hundred milliseconds for search, and we alert well before that.",
             "We're also moving large tenants' maintenance jobs to a separate overnight window.",
+            "Any single tenant's background jobs are now capped at a quarter of the cluster's IO.",
+            "Our on-call was paged within four minutes, but we should have updated the status page sooner.",
+            "Let's review the capacity plan for your peak season together in January.",
         ],
     },
     "salesforce": {
@@ -416,10 +447,14 @@ TOPICS: dict[str, dict[str, list]] = {
             "We have a lot of custom objects, our admin built most of them years ago.",
             "We want call summaries written back onto the opportunity, not just linked.",
             "Field history tracking is on for most objects, so noisy updates show up in audits.",
+            "Our admin will want to review every field we write to before go-live.",
         ],
         "int_a": [
             "We use the bulk API for backfills so we don't burn through your daily limits.",
             "Summaries are capped at thirty-two thousand characters, which is the long text field limit.",
+            "Custom objects are added to the mapping once, after that they sync like standard ones.",
+            "We respect validation rules, so a failed write tells you exactly which rule blocked it.",
+            "You can limit write-back to opportunities above a certain stage.",
         ],
     },
     "onboarding": {
@@ -443,10 +478,15 @@ TOPICS: dict[str, dict[str, list]] = {
         ],
         "ext_a": [
             "The admins are the bottleneck, there are only a few of them for the whole org.",
+            "Our people are spread over three time zones, so we'll need sessions at different times.",
+            "We'd like the training material in our own template so it looks like internal content.",
         ],
         "int_a": [
             "We'll set up a shared Slack channel so your admins get answers quickly during the rollout.",
             "We'll also share a launch email template your leadership can send on day one.",
+            "The admin training is two sessions of an hour each.",
+            "We'll track activation per team and share it weekly during the first month.",
+            "Champions get early access to new features, which keeps them engaged.",
         ],
     },
     "roadmap": {
@@ -468,9 +508,14 @@ TOPICS: dict[str, dict[str, list]] = {
         ],
         "ext_a": [
             "We'd happily be a design partner if it means our feedback lands.",
+            "Confluence would be great, our documentation is all there.",
+            "Filtering by speaker would help our product team a lot.",
         ],
         "int_a": [
             "We're also working on citations that jump to the exact moment in the call recording.",
+            "Speaker filters let you search only what the customer said, which people love for objection handling.",
+            "A Confluence connector is in private preview right now.",
+            "Answer quality evaluations run nightly, so regressions get caught before a release.",
         ],
     },
     "legal": {
@@ -491,10 +536,14 @@ TOPICS: dict[str, dict[str, list]] = {
         "ext_a": [
             "Legal will send redlines on the MSA, mostly around liability and indemnity.",
             "Our standard is a mutual NDA first, then your paper for the order form.",
+            "We need the governing law to be where we're headquartered, that's non-negotiable.",
+            "Procurement will also send their supplier code of conduct to sign.",
         ],
         "int_a": [
             "Send the redlines whenever they're ready, our legal team turns them around within a week.",
             "We can work on your paper if that's easier, it just adds some time.",
+            "Our standard payment terms are net thirty, but we can do net forty-five if procurement insists.",
+            "The MSA is governed by Delaware law by default, but we can discuss that.",
         ],
     },
     "forecast": {  # internal only: the manager asks, a rep answers
@@ -1231,7 +1280,7 @@ def slack_script() -> list[SlackMessage]:
         m("release-eu", "releases", "jonas", "11-23 22:10:41",
           "EU goes tomorrow 08:00 CET, after the Nordwind change freeze ends.", parent="release", sentiment=0.2),
         # #incidents: the SEV-1
-        m("sev1", "incidents", "sam", "11-24 14:05:00",
+        m("sev1", "incidents", "sam", "11-24 14:09:00",
           f":rotating_light: SEV-1: search API returning 502s in eu-west since 14:05 UTC. Status page: "
           f"<https://status.sophia.example/incidents/8812|INC-8812>. War room is this thread in "
           f"<#{CHANNELS['incidents']}|incidents>.", thread_ts_on_parent=True, sentiment=-0.6, exact_publish=True),
@@ -1699,7 +1748,9 @@ class GitHubDoc:
 
 
 def github_events(rng: random.Random, clock: Clock, copy: int) -> list[Event]:
-    n = lambda number: number + copy * 1000  # noqa: E731 - keeps each copy's numbers distinct
+    def n(number: int) -> int:  # keeps each copy's issue and PR numbers distinct
+        return number + copy * 1000
+
     events: list[Event] = []
     current: dict[str, dict] = {}
 
@@ -1800,7 +1851,7 @@ def github_events(rng: random.Random, clock: Clock, copy: int) -> list[Event]:
     publish(rel, "11-23 15:10:46", RELEASE_2140, sentiment_category="positive")
     publish(p438, "11-23 16:05:33", PR_438)
     publish(r438, "11-23 19:20:58", REVIEW_438)
-    publish(p442, "11-24 14:05:00", PR_442, exact=True)  # same tick as the SEV-1 Slack message
+    publish(p442, "11-24 14:09:00", PR_442, exact=True)  # same tick as the SEV-1 Slack message
     publish(i412, "11-24 16:12:37", ISSUE_412_V2, state="closed", labels=["bug", "memory", "search", "fixed"])
     publish(i445, "11-24 18:30:22", None)  # body stays null
     publish(s445, "11-24 19:40:11", SPAM_445, reactions={"-1": 4})
@@ -1819,20 +1870,23 @@ def github_events(rng: random.Random, clock: Clock, copy: int) -> list[Event]:
 # ---------------------------------------------------------------------------------------------
 
 
-def copy_rng(seed: int, copy: int) -> random.Random:
-    # A str seed is hashed with SHA-512 by random.Random, so it is stable across runs and machines.
-    return random.Random(seed if copy == 0 else f"{seed}/copy/{copy}")
+def part_rng(seed: int, copy: int, part: str) -> random.Random:
+    """One random stream per (copy, collection), so editing one collection's text leaves the other
+    collections' keys and timestamps unchanged. A str seed is hashed with SHA-512 by
+    random.Random, so it is stable across runs, machines and PYTHONHASHSEED."""
+    return random.Random(f"{seed}/{copy}/{part}")
 
 
 def build_stream(seed: int, scale: int) -> dict[str, list[dict]]:
     """All documents of the stream per collection, in delivery order, with `_meta` set."""
     events: list[Event] = []
     for copy in range(scale):
-        rng = copy_rng(seed, copy)
-        clock = Clock(rng, copy * COPY_SHIFT_US)
-        events += gong_events(rng, clock, copy)
-        events += slack_events(rng, clock, copy)
-        events += github_events(rng, clock, copy)
+        for part, make_events in (("gong", gong_events), ("slack", slack_events), ("github", github_events)):
+            rng = part_rng(seed, copy, part)
+            events += make_events(rng, Clock(rng, copy * COPY_SHIFT_US), copy)
+
+    first_us = min(event.publish_us for event in events)
+    assert first_us == parse_utc_us(BASE_PUBLISH), "the scenario must start at BASE_PUBLISH"
 
     # UUIDs in publish order: documents published in the same tick get increasing counters.
     by_publish = sorted(range(len(events)), key=lambda i: (events[i].publish_us, i))
