@@ -145,33 +145,24 @@ def apply_stream(runtime, group: int = DELIVERY_GROUP) -> int:
 
 
 @pytest.fixture(scope="session")
-def indexed_stream(tmp_path_factory, embedder):
-    """The sample stream reindexed once per session (embedding it is the slowest step of the
-    suite). Read-only for tests: query it, read its rows, copy its state; never write to it."""
+def indexed_stream(tmp_path_factory, embedder, stream_cache):
+    """The sample stream applied once per session, in delivery order, into a fresh local store.
+
+    Its state dir starts with the session's warm embedding cache (see ``stream_cache``), so this
+    costs chunking and writes, not model time. Read-only for tests: query it, read its rows and
+    ledger; never write to it.
+    """
     from worker.runtime import build_runtime
 
     root = tmp_path_factory.mktemp("indexed-stream")
     config = make_config(root)
+    seed_cache(stream_cache, Path(config.state_dir))
     runtime = build_runtime(config, {}, embedder=embedder)
     try:
         rejected = apply_stream(runtime)
         yield IndexedStream(root, config, runtime, rejected)
     finally:
         runtime.close()
-
-
-def copy_embedding_cache(source_state: Path, target_state: Path) -> None:
-    """Copy the embedding cache (a consistent SQLite snapshot, WAL included) to a new state dir."""
-    import sqlite3
-
-    target_state.mkdir(parents=True, exist_ok=True)
-    src = sqlite3.connect(str(source_state / "embeddings.sqlite"))
-    dst = sqlite3.connect(str(target_state / "embeddings.sqlite"))
-    try:
-        src.backup(dst)
-    finally:
-        dst.close()
-        src.close()
 
 
 @pytest.fixture(scope="session")

@@ -2,14 +2,21 @@
 
 Re-delivered or unchanged chunks, and a lagging sink catching up, cost no model time. SQLite
 (WAL, synchronous=NORMAL: losing the last few entries in a power cut only costs recomputation).
-When over ``max_entries`` the least recently used tenth is evicted.
+When over ``max_entries`` the least recently used tenth is evicted (recency is updated on every
+hit). Thread-safe: one connection behind a lock. A vector of the wrong size (another model under
+a reused fingerprint) reads as a miss.
+
+Crash safety: ``put_many`` is one transaction, so a crash leaves either all of a request's
+vectors or none; the vectors are recomputed on the next delivery either way.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +54,9 @@ class EmbeddingCache:
                         found[key[len(self._prefix):]] = vec
             if found:
                 now = time.time()
-                self._conn.executemany("UPDATE vectors SET used = ? WHERE key = ?",
-                                       [(now, self._prefix + h) for h in found])
+                with _transaction(self._conn):
+                    self._conn.executemany("UPDATE vectors SET used = ? WHERE key = ?",
+                                           [(now, self._prefix + h) for h in found])
         self.hits += len(found)
         self.misses += len(keys) - len(found)
         return found
@@ -58,8 +66,7 @@ class EmbeddingCache:
             return
         now = time.time()
         rows = [(self._prefix + h, np.asarray(v, dtype=np.float32).tobytes(), now) for h, v in items]
-        with self._lock:
-            self._conn.execute("BEGIN")
+        with self._lock, _transaction(self._conn):
             before = self._conn.total_changes
             self._conn.executemany("INSERT OR IGNORE INTO vectors VALUES (?,?,?)", rows)
             self._count += self._conn.total_changes - before
@@ -68,10 +75,21 @@ class EmbeddingCache:
                 self._conn.execute("DELETE FROM vectors WHERE key IN (SELECT key FROM vectors "
                                    "ORDER BY used LIMIT ?)", (evict,))
                 self._count = self._conn.execute("SELECT count(*) FROM vectors").fetchone()[0]
-            self._conn.execute("COMMIT")
 
     def __len__(self) -> int:
         return self._count
 
     def close(self) -> None:
-        self._conn.close()
+        with self._lock:
+            self._conn.close()
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

@@ -114,6 +114,16 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     from worker.runtime import build_runtime
 
     config = _config(args)
+    if args.from_dekaf:
+        from worker.dekaf import reindex_command
+
+        return reindex_command(config, _env(), sink=args.sink, group_id=args.group,
+                               from_beginning=args.from_beginning, collection=args.collection,
+                               progress=not args.quiet and (sys.stderr.isatty() or args.progress),
+                               as_json=args.json)
+    if not args.collection or not args.paths:
+        print("error: reindex needs --collection and at least one path (or --from-dekaf)", file=sys.stderr)
+        return 2
     if config.binding(args.collection) is None:
         known = ", ".join(b.collection for b in config.bindings)
         print(f"error: collection {args.collection!r} has no binding in {args.config} (known: {known})",
@@ -280,14 +290,20 @@ def build_parser() -> argparse.ArgumentParser:
     config_arg(sp)
     sp.set_defaults(func=cmd_run)
 
-    sp = sub.add_parser("reindex", help="load Estuary documents from .json/.jsonl files")
+    sp = sub.add_parser("reindex", help="load Estuary documents from .json/.jsonl files, or replay Dekaf")
     config_arg(sp)
-    sp.add_argument("--collection", required=True, help="the Estuary collection the files hold")
+    sp.add_argument("--collection", help="the Estuary collection the files hold (with --from-dekaf: "
+                    "only this collection; default all of sources.dekaf.topics)")
+    sp.add_argument("--from-dekaf", action="store_true",
+                    help="replay the sources.dekaf topics into the configured sinks until caught up")
+    sp.add_argument("--group", help="with --from-dekaf: consumer group (default: a new one per run)")
+    sp.add_argument("--from-beginning", action="store_true",
+                    help="with --from-dekaf: start at the beginning even if the group committed offsets")
     sp.add_argument("--sink", choices=["local", "pinecone", "weaviate"], help="only this sink")
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.add_argument("--progress", action="store_true", help="progress bar even when not a TTY")
-    sp.add_argument("paths", nargs="+")
+    sp.add_argument("paths", nargs="*")
     sp.set_defaults(func=cmd_reindex)
 
     sp = sub.add_parser("query", help="similarity search, as AI Memory V2 asks it")

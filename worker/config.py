@@ -196,6 +196,8 @@ class DekafSourceConfig(Strict):
     deletions: Literal["kafka", "cdc"] = "kafka"
     max_batch_messages: int = Field(default=500, ge=1)
     poll_timeout_s: float = Field(default=1.0, gt=0)
+    #: A member silent this long is dropped from the group and its partitions move on.
+    session_timeout_s: float = Field(default=45.0, ge=1, le=300)
 
 
 class SourcesConfig(Strict):

@@ -1,20 +1,33 @@
-"""The embedding model backend: sentence-transformers on torch, fed with ready token ids.
+"""The embedding model backends, fed with ready token ids; never tokenize passages themselves.
 
-:class:`Embedder` owns one model on one device. It never tokenizes passages itself: it takes the
-chunker's token ids, pads them into one tensor and runs the model's forward pass (Transformer →
-Pooling → Normalize, exactly the modules ``SentenceTransformer.encode`` runs). Queries are
-tokenized here with the query prompt.
+:class:`Embedder` owns one sentence-transformers model on one device. It takes the chunker's token
+ids, pads them into one tensor and runs the model's forward pass (Transformer → Pooling →
+Normalize, exactly the modules ``SentenceTransformer.encode`` runs). Queries are tokenized here
+with the query prompt.
 
-Only the engine's inference thread calls :meth:`Embedder.embed_ids`; it is not thread-safe.
+* CPU: float32 always (half precision is emulated there and ~100x slower), intra-op threads =
+  the cores this process may use.
+* CUDA: the spec's fp16/bf16, FlashAttention-2 when ``flash_attn`` is installed (transformers then
+  unpads the batch), else SDPA; inputs are built in pinned host memory by :meth:`prepare` (on the
+  engine's collator thread) and copied without blocking by :meth:`embed_prepared`.
+
+:class:`OnnxInt8Embedder` is the optional CPU int8 backend: the same model exported to ONNX here
+(no hub download), weights quantized to int8 per channel, run by ONNX Runtime. It is only offered
+after :func:`check_int8_quality` accepts it against float32 on real chunks.
+
+Only the engine's inference thread calls ``embed_prepared``/``embed_ids``; backends are not
+thread-safe. ``prepare`` is pure and may run on another thread.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +36,9 @@ from worker.modelspec import ModelSpec
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+#: The quality bar an int8 backend must meet against float32 (cosine per chunk).
+INT8_MIN_MEAN_COSINE = 0.99
+INT8_MIN_COSINE = 0.97
 
 
 def pick_device(requested: str, *, cuda_available: bool, mps_available: bool) -> str:
@@ -48,8 +63,28 @@ def dtype_for(spec: ModelSpec, device: str) -> str:
     return "float32"
 
 
+def attention_for(device: str, dtype: str, *, flash_available: bool) -> str:
+    """FlashAttention-2 (unpadded varlen kernels) on CUDA in half precision when installed, else
+    SDPA (PyTorch's fused kernels; on CPU too)."""
+    if device.startswith("cuda") and dtype in ("float16", "bfloat16") and flash_available:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def available_cores() -> int:
+    """Cores this process may run on (affinity/cgroup aware where the OS says)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def cpu_threads_for(requested: int | None, cores: int | None) -> int:
-    """Intra-op threads for CPU inference: all cores (the other stages mostly wait on I/O)."""
+    """Intra-op threads for CPU inference: all cores.
+
+    The other stages (chunking, spool, sinks) mostly wait on I/O or hold the GIL briefly; on two
+    cores, giving the model both measured faster than leaving one free (bench/README.md).
+    """
     if requested:
         return requested
     return max(1, cores or 1)
@@ -88,8 +123,20 @@ class TokenizerInfo:
     query_prompt_ids: tuple[int, ...]
 
 
+def padded_arrays(batch: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """``input_ids`` and ``attention_mask`` (int64 ``[n, longest]``) for a batch of id lists."""
+    n = len(batch)
+    width = max(len(ids) for ids in batch)
+    input_ids = np.full((n, width), pad_id, dtype=np.int64)
+    mask = np.zeros((n, width), dtype=np.int64)
+    for row, ids in enumerate(batch):
+        input_ids[row, : len(ids)] = ids
+        mask[row, : len(ids)] = 1
+    return input_ids, mask
+
+
 class Embedder:
-    """One sentence-transformers model on one device."""
+    """One sentence-transformers model on one device (torch)."""
 
     def __init__(self, spec: ModelSpec, *, device: str = "auto", cpu_threads: int | None = None,
                  env: Mapping[str, str] | None = None) -> None:
@@ -111,11 +158,11 @@ class Embedder:
                                   and torch.backends.mps.is_available())
         self.dtype = dtype_for(spec, self.device)
         if self.device == "cpu":
-            torch.set_num_threads(cpu_threads_for(cpu_threads, os.cpu_count()))
+            torch.set_num_threads(cpu_threads_for(cpu_threads, available_cores()))
         weights = resolve_weights(spec, allow_download=allow_download)
-        model_kwargs = {"torch_dtype": getattr(torch, self.dtype)}
-        if self.device.startswith("cuda"):
-            model_kwargs["attn_implementation"] = "sdpa"
+        self.attention = attention_for(self.device, self.dtype,
+                                       flash_available=importlib.util.find_spec("flash_attn") is not None)
+        model_kwargs = {"torch_dtype": getattr(torch, self.dtype), "attn_implementation": self.attention}
         try:
             self.model = SentenceTransformer(weights, device=self.device, model_kwargs=model_kwargs,
                                              local_files_only=not allow_download)
@@ -142,41 +189,196 @@ class Embedder:
 
         self.info = TokenizerInfo(hf.cls_token_id, hf.sep_token_id, hf.pad_token_id or 0,
                                   prompt_ids(spec.prompts.passage), prompt_ids(spec.prompts.query))
-        self._pin = self.device.startswith("cuda")
+        self.pin_memory = self.device.startswith("cuda")
+        log.info("model loaded", extra={"model": spec.id, "device": self.device, "dtype": self.dtype,
+                                        "attention": self.attention})
 
     @property
     def dimensions(self) -> int:
         return self.spec.dimensions
 
-    def embed_ids(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
-        """Embed pre-tokenized inputs (special tokens included). Returns float32 [n, dim].
+    def prepare(self, batch: Sequence[Sequence[int]]) -> dict[str, Any]:
+        """Padded input tensors for ``batch``; pinned host memory on CUDA. Safe on any thread."""
+        torch = self._torch
+        input_ids, mask = padded_arrays(batch, self.info.pad_id)
+        tensors = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask),
+                   "token_type_ids": torch.zeros(input_ids.shape, dtype=torch.int64)}
+        if self.pin_memory:  # page-locked, so the copy to the GPU can overlap the previous batch
+            tensors = {k: v.pin_memory() for k, v in tensors.items()}
+        return tensors
+
+    def embed_prepared(self, tensors: dict[str, Any]) -> np.ndarray:
+        """Run the model on :meth:`prepare`'s output. Returns float32 ``[n, dim]``.
 
         Raises the device's out-of-memory error unchanged; the engine halves its budget.
         """
         torch = self._torch
-        n = len(batch)
-        width = max(len(ids) for ids in batch)
-        input_ids = np.full((n, width), self.info.pad_id, dtype=np.int64)
-        mask = np.zeros((n, width), dtype=np.int64)
-        for row, ids in enumerate(batch):
-            input_ids[row, : len(ids)] = ids
-            mask[row, : len(ids)] = 1
-        tensors = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask),
-                   "token_type_ids": torch.zeros((n, width), dtype=torch.int64)}
-        if self._pin:
-            tensors = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in tensors.items()}
-        elif self.device != "cpu":
-            tensors = {k: v.to(self.device) for k, v in tensors.items()}
+        if self.device != "cpu":
+            tensors = {k: v.to(self.device, non_blocking=self.pin_memory) for k, v in tensors.items()}
         with torch.inference_mode():
             out = self.model(tensors)["sentence_embedding"]
             if self.spec.normalize:
                 out = torch.nn.functional.normalize(out.float(), p=2, dim=1)
             return out.float().cpu().numpy()
 
+    def embed_ids(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
+        """Embed pre-tokenized inputs (special tokens included). Returns float32 ``[n, dim]``."""
+        return self.embed_prepared(self.prepare(batch))
+
+    def release_memory(self) -> None:
+        """After an out-of-memory error: hand cached device blocks back before retrying."""
+        if self.device.startswith("cuda"):
+            self._torch.cuda.empty_cache()
+
     def query_ids(self, text: str) -> tuple[int, ...]:
         enc = self.tokenizer.encode(text, add_special_tokens=False)
         room = self.spec.max_seq_tokens - 2 - len(self.info.query_prompt_ids)
         return (self.info.cls_id, *self.info.query_prompt_ids, *enc.ids[:room], self.info.sep_id)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self.embed_ids([self.query_ids(text)])[0]
+
+
+# -- optional int8 CPU backend -------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Int8Quality:
+    """Cosine of int8 against float32 vectors of the same chunks."""
+
+    chunks: int
+    mean_cosine: float
+    min_cosine: float
+
+    @property
+    def accepted(self) -> bool:
+        return self.mean_cosine >= INT8_MIN_MEAN_COSINE and self.min_cosine >= INT8_MIN_COSINE
+
+
+def check_int8_quality(reference: np.ndarray, candidate: np.ndarray, *, raise_if_refused: bool = True
+                       ) -> Int8Quality:
+    """Compare int8 vectors with float32 ones (same chunks, same order).
+
+    Raises :class:`ModelError` (unless told not to) when the mean cosine is below
+    ``INT8_MIN_MEAN_COSINE`` or any chunk is below ``INT8_MIN_COSINE``: the worker then refuses
+    the backend rather than store vectors that drift from the queries' float32 space.
+    """
+    if reference.shape != candidate.shape or not len(reference):
+        raise ModelError(f"int8 check needs two equal, non-empty sets of vectors "
+                         f"(got {reference.shape} and {candidate.shape})")
+    a = reference / np.linalg.norm(reference, axis=1, keepdims=True)
+    b = candidate / np.linalg.norm(candidate, axis=1, keepdims=True)
+    cos = np.sum(a * b, axis=1)
+    quality = Int8Quality(len(cos), float(cos.mean()), float(cos.min()))
+    if raise_if_refused and not quality.accepted:
+        raise ModelError(f"int8 backend refused: cosine to float32 mean {quality.mean_cosine:.4f} "
+                         f"(needs ≥ {INT8_MIN_MEAN_COSINE}), min {quality.min_cosine:.4f} (needs ≥ "
+                         f"{INT8_MIN_COSINE}) over {quality.chunks} chunks; use backend: torch")
+    return quality
+
+
+class _SentenceEmbedding:  # torch.nn.Module built lazily (torch is imported lazily)
+    @staticmethod
+    def build(model: Any) -> Any:
+        import torch
+
+        class SentenceEmbedding(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, input_ids, attention_mask, token_type_ids):  # noqa: ANN001, ANN202
+                features = {"input_ids": input_ids, "attention_mask": attention_mask,
+                            "token_type_ids": token_type_ids}
+                return self.model(features)["sentence_embedding"]
+
+        return SentenceEmbedding().eval()
+
+
+class OnnxInt8Embedder:
+    """ONNX Runtime, int8 weights (dynamic, per-channel quantization), CPU only.
+
+    Built from a loaded float32 :class:`Embedder` by :meth:`build`: export to ONNX with torch's
+    exporter, quantize with ``onnxruntime.quantization``; both files are kept in ``directory``
+    (keyed by the spec's fingerprint), so a restart only loads them. Needs the optional packages
+    ``onnx``, ``onnxruntime`` and ``onnxscript`` (the ``int8`` extra); sentence-transformers' own
+    ``backend="onnx"`` needs ``optimum``, which pins transformers below 5.
+    """
+
+    dtype = "int8"
+    device = "cpu"
+
+    def __init__(self, model_path: Path, *, reference: Embedder, cpu_threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise ModelError("backend onnx needs onnxruntime: pip install 'ai-memory-worker[int8]'") from exc
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = cpu_threads_for(cpu_threads, available_cores())
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        self.model_path = model_path
+        self.spec = reference.spec
+        self.info = reference.info
+        self.tokenizer = reference.tokenizer
+        self.query_ids = reference.query_ids
+
+    @classmethod
+    def build(cls, reference: Embedder, directory: Path, *, cpu_threads: int | None = None
+              ) -> OnnxInt8Embedder:
+        if reference.device != "cpu" or reference.dtype != "float32":
+            raise ModelError("the int8 backend is exported from a float32 CPU model")
+        if "onnx" not in reference.spec.int8_backends:
+            raise ModelError(f"model {reference.spec.id} does not allow the onnx int8 backend "
+                             "(int8_backends in its spec)")
+        directory = Path(directory) / reference.spec.fingerprint.replace("@", "-")
+        int8_path = directory / "model-int8.onnx"
+        if not int8_path.is_file():
+            try:
+                import torch
+                from onnxruntime.quantization import QuantType, quantize_dynamic
+            except ImportError as exc:
+                raise ModelError("backend onnx needs onnx, onnxruntime and onnxscript: "
+                                 "pip install 'ai-memory-worker[int8]'") from exc
+            directory.mkdir(parents=True, exist_ok=True)
+            fp32_path = directory / "model-fp32.onnx"
+            module = _SentenceEmbedding.build(reference.model)
+            example = reference.prepare([[reference.info.cls_id, 2000, 2001, reference.info.sep_id]] * 2)
+            batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+            names = ("input_ids", "attention_mask", "token_type_ids")
+            log.info("exporting model to onnx", extra={"model": reference.spec.id, "path": str(fp32_path)})
+            torch.onnx.export(module, tuple(example[n] for n in names), str(fp32_path),
+                              input_names=list(names), output_names=["sentence_embedding"],
+                              dynamic_shapes={n: {0: batch, 1: seq} for n in names},
+                              dynamo=True, external_data=False, verbose=False)
+            # Written under a temporary name first: a crash mid-write must not leave a file that
+            # a restart would load as if it were complete.
+            partial = directory / "model-int8.onnx.partial"
+            quantize_dynamic(str(fp32_path), str(partial), per_channel=True,
+                             weight_type=QuantType.QInt8)
+            partial.replace(int8_path)
+        return cls(int8_path, reference=reference, cpu_threads=cpu_threads)
+
+    @property
+    def dimensions(self) -> int:
+        return self.spec.dimensions
+
+    def prepare(self, batch: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
+        input_ids, mask = padded_arrays(batch, self.info.pad_id)
+        return {"input_ids": input_ids, "attention_mask": mask,
+                "token_type_ids": np.zeros_like(input_ids)}
+
+    def embed_prepared(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        out = self._session.run(None, feed)[0].astype(np.float32, copy=False)
+        if self.spec.normalize:
+            out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
+
+    def embed_ids(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
+        return self.embed_prepared(self.prepare(batch))
+
+    def release_memory(self) -> None:
+        pass
 
     def embed_query(self, text: str) -> np.ndarray:
         return self.embed_ids([self.query_ids(text)])[0]

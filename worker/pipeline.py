@@ -4,7 +4,7 @@ For each sink, independently:
 
 * **Versions.** Of several versions of one key, the newest by ``_meta.uuid`` clock wins; a
   version not newer than what the sink already holds (ledger first, else the sink's own chunk
-  metadata) is skipped. Deletes leave a tombstone in the ledger, so an older version arriving
+  metadata; with ``verify_with_sink`` the newer of both, for workers sharing a sink) is skipped. Deletes leave a tombstone in the ledger, so an older version arriving
   late cannot resurrect the document; a newer re-create works.
 * **Skip unchanged.** Same text hash and metadata hash as stored: no model call, no write.
   Same text, other metadata: vectors come from the embedding cache, no model call.
@@ -69,7 +69,8 @@ def newest_versions(docs: Sequence[FlowDocument]) -> list[FlowDocument]:
 class Pipeline:
     def __init__(self, *, bindings: Mapping[str, Binding], chunker: Chunker, engine: EmbeddingEngine,
                  sinks: Mapping[str, Sink], ledger: Ledger, dead_letters: DeadLetterStore,
-                 on_visible: Callable[[str, list[FlowDocument]], None] | None = None) -> None:
+                 on_visible: Callable[[str, list[FlowDocument]], None] | None = None,
+                 verify_with_sink: bool = False) -> None:
         self.bindings = bindings
         self.chunker = chunker
         self.engine = engine
@@ -77,6 +78,9 @@ class Pipeline:
         self.ledger = ledger
         self.dead_letters = dead_letters
         self._on_visible = on_visible
+        # Several workers share the sinks (Dekaf consumer group): another worker may have
+        # written a newer version than this worker's ledger knows, so ask the sink every time.
+        self.verify_with_sink = verify_with_sink
         # Ledger rows are per sink *target* (path, index/namespace, collection), so pointing a
         # sink somewhere new starts from an empty ledger for it.
         self._ledger_key = {n: f"{n}@{getattr(s, 'target', '')}" for n, s in sinks.items()}
@@ -101,6 +105,14 @@ class Pipeline:
     # -- apply -------------------------------------------------------------------------------
     def stored(self, sink_name: str, doc_ids: Sequence[str]) -> dict[str, StoredDocument]:
         held = self.ledger.get(self._ledger_key[sink_name], doc_ids)
+        if self.verify_with_sink:
+            # The newer of ledger and sink wins; only the ledger knows tombstones (a delete
+            # leaves no row in the sink), only the sink knows other workers' writes.
+            for doc_id, stored in self.sinks[sink_name].fetch_documents(list(doc_ids)).items():
+                prior = held.get(doc_id)
+                if prior is None or stored.version > prior.version:
+                    held[doc_id] = stored
+            return held
         missing = [d for d in doc_ids if d not in held]
         if missing:
             held.update(self.sinks[sink_name].fetch_documents(missing))

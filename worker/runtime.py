@@ -129,6 +129,7 @@ def build_runtime(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
     bindings = {b.collection: Binding(b) for b in config.bindings}
     pipeline = Pipeline(bindings=bindings, chunker=chunker, engine=engine, sinks=sinks,
                         ledger=ledger, dead_letters=dead_letters,
-                        on_visible=metrics.observe_visible if metrics else None)
+                        on_visible=metrics.observe_visible if metrics else None,
+                        verify_with_sink=config.sources.dekaf is not None)
     return Runtime(config, spec, embedder, engine, chunker, sinks, ledger, dead_letters, cache,
                    pipeline, bindings)

@@ -15,6 +15,7 @@ Whatever was accepted and not yet delivered stays in the spool for the next star
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -42,6 +43,12 @@ from worker.runtime import Runtime, build_runtime
 from worker.spool import Spool
 
 log = logging.getLogger(__name__)
+
+# How server.shutdown_timeout_s is spent after SIGTERM: sink loops finish their pass, then
+# requests still in flight finish, and what is left (at least the reserve) closes the stores.
+SHUTDOWN_DRAIN_SHARE = 0.75
+SHUTDOWN_REQUESTS_SHARE = 0.1
+SHUTDOWN_RESERVE_SHARE = 0.1
 
 
 class SinkLoop(threading.Thread):
@@ -124,17 +131,28 @@ class Service:
                       for name in rt.sinks]
         metrics.watch_spool(self.spool.depth, lambda: self.spool.bytes,
                             lambda: {p.sink: p.behind_entries for p in self.spool.positions()})
+        self.dekaf = None
+        if self.config.sources.dekaf is not None:  # a second source, into the same spool
+            from worker.dekaf import DekafSource
+
+            self.dekaf = DekafSource(self.config.sources.dekaf, bindings=rt.bindings, intake=self.intake,
+                                     dead_letters=rt.dead_letters, metrics=metrics,
+                                     delivered_seq=lambda: min(p.delivered_seq for p in self.spool.positions()))
 
     def start(self) -> None:
         for loop in self.loops:
             loop.start()
+        if self.dekaf is not None:
+            self.dekaf.start()
 
     def drain(self, timeout_s: float) -> bool:
         """Stop accepting, let each loop finish its pass. True if all stopped in time."""
         self.draining = True
+        deadline = time.monotonic() + timeout_s
+        if self.dekaf is not None:  # leave the group first: commit what is spooled, stop reading
+            self.dekaf.stop(timeout_s * 0.5)
         for loop in self.loops:
             loop.stopping.set()
-        deadline = time.monotonic() + timeout_s
         for loop in self.loops:
             loop.join(max(0.0, deadline - time.monotonic()))
         return not any(loop.is_alive() for loop in self.loops)
@@ -187,6 +205,7 @@ class Service:
                       "device": self.rt.embedder.device, "dtype": self.rt.embedder.dtype},
             "engine": {"chunks": engine.chunks, "tokens": engine.tokens, "batches": engine.batches,
                        "cache_hits": engine.cache_hits, "max_batch_tokens": self.rt.engine.max_batch_tokens},
+            "dekaf": self.dekaf.status() if self.dekaf is not None else None,
             "draining": self.draining,
             "uptime_s": round(time.time() - self.started_at, 3),
         }
@@ -312,6 +331,7 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self.service = service
         self.timeout_s = timeout_s
+        self.deadline: float | None = None  # monotonic; set by the first signal
         self._draining = False
 
     def handle_exit(self, sig: int, frame: Any) -> None:  # noqa: ANN401
@@ -320,11 +340,12 @@ class _Server(uvicorn.Server):
             self.should_exit = True
             return
         self._draining = True
+        self.deadline = time.monotonic() + self.timeout_s
         self.service.draining = True
         log.info("shutting down: draining", extra={"signal": sig})
 
         def finish() -> None:
-            drained = self.service.drain(self.timeout_s * 0.8)
+            drained = self.service.drain(self.timeout_s * SHUTDOWN_DRAIN_SHARE)
             log.info("drained" if drained else "drain timed out; undelivered entries stay spooled")
             self.should_exit = True
 
@@ -339,15 +360,29 @@ def serve(config: WorkerConfig, env: Mapping[str, str]) -> int:
     service.start()
     uv = uvicorn.Config(service.app(), host=config.server.host, port=config.server.port,
                         log_level="warning", access_log=False, lifespan="off",
-                        timeout_graceful_shutdown=max(1, int(config.server.shutdown_timeout_s * 0.2)))
+                        timeout_graceful_shutdown=config.server.shutdown_timeout_s * SHUTDOWN_REQUESTS_SHARE)
     server = _Server(uv, service, config.server.shutdown_timeout_s)
     log.info("serving", extra={"host": config.server.host, "port": config.server.port,
                                "sinks": ",".join(rt.sinks), "model": rt.spec.id})
     try:
         server.run()
     finally:
-        service.drain(1.0)
-        service.close()
-        rt.close()
+        # What is left of shutdown_timeout_s, less a reserve for closing and exiting (1 s when
+        # we stop for another reason).
+        left = 1.0 if server.deadline is None else (
+            server.deadline - time.monotonic() - config.server.shutdown_timeout_s * SHUTDOWN_RESERVE_SHARE)
+        if service.drain(max(0.0, left)):
+            service.close()
+            rt.close()
+        else:
+            # A pass is still running (a long embedding batch, a slow sink). Waiting for it, or
+            # for the engine queue behind it, would overrun shutdown_timeout_s. Its entries are
+            # unconfirmed, so the next start redelivers them (idempotent writes), as after a
+            # crash. Exit at once: letting the interpreter tear down under a thread that is
+            # inside torch aborts the process ("terminate called without an active exception").
+            log.warning("shutdown deadline reached with a sink pass still running; exiting "
+                        "without waiting, its entries stay spooled")
+            logging.shutdown()
+            os._exit(0)
     log.info("stopped")
     return 0

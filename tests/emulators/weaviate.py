@@ -1706,6 +1706,9 @@ def _error_body(message: str) -> dict[str, Any]:
 class _RestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "weaviate-emulator"
+    # Headers and body go out in two writes on a keep-alive connection: without TCP_NODELAY,
+    # Nagle + delayed ACK add ~40 ms to every reply.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass

@@ -69,7 +69,9 @@ class LocalSink:
         import lancedb
 
         path.mkdir(parents=True, exist_ok=True)
-        self._db = lancedb.connect(str(path))
+        # Re-check the latest table version on every read: other processes (workers sharing
+        # this path) commit too, and the version guard must see their writes.
+        self._db = lancedb.connect(str(path), read_consistency_interval=timedelta(0))
         self._path = path
         self.target = f"{path.resolve()}/{table}"
         self._table_name = table
@@ -118,6 +120,7 @@ class LocalSink:
     def upsert(self, records: Sequence[VectorRecord]) -> UpsertOutcome:
         if not records:
             return UpsertOutcome()
+        self._tbl()  # before ensure() there is no dimension to build rows with
         table = self._rows(records)
         with self._lock:
             (self._tbl().merge_insert("id").when_matched_update_all()

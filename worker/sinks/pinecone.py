@@ -463,8 +463,10 @@ class PineconeSink:
             stats = self._call(f"describe_index_stats {self.cfg.index}",
                                lambda: index.describe_index_stats(timeout=self._timeout_s),
                                policy=self._probe)
-        except _Missing:
-            return SinkInfo(self.name, True, target, None, None, None)
+        except _Missing as exc:
+            if not self.cfg.index_host:  # reachable; ensure() creates the index on start
+                return SinkInfo(self.name, True, target, None, None, None)
+            return SinkInfo(self.name, False, target, None, None, None, error=str(exc))
         except WorkerError as exc:
             return SinkInfo(self.name, False, target, None, None, None, error=str(exc))
         namespaces = stats.namespaces or {}
