@@ -159,14 +159,14 @@ def test_invalid_documents_are_dead_lettered_and_listed(workspace):
     assert summary["documents"] == "3" and summary["dead_lettered"] == "3"
     assert "invalid JSON" in err
 
-    rc, out, _ = cli("dlq", "list", "--config", str(config), "--json")
+    rc, out, _ = cli("dlq", "--config", str(config), "list", "--json")
     assert rc == 0
     letters = [json.loads(line) for line in out.splitlines()]
     reasons = " | ".join(e["reason"] for e in letters)
     assert len(letters) == 3
     assert "'/ts'" in reasons and "'/_meta/op'" in reasons and "invalid JSON" in reasons
     assert {e["stage"] for e in letters} == {"validate", "read"}
-    rc, out, _ = cli("dlq", "list", "--config", str(config))
+    rc, out, _ = cli("dlq", "--config", str(config), "list")
     assert rc == 0 and len(out.strip().splitlines()) == 3 and "'/_meta/op'" in out
 
 

@@ -294,6 +294,21 @@ def test_document_of_deletes_for_both_deletion_modes():
     assert kept["_meta"]["op"] == "u" and binding.parse(kept).sections[0].text
 
 
+def test_consumer_settings_use_sasl_plain_and_never_auto_commit():
+    from worker.config import DekafSourceConfig
+    from worker.dekaf import consumer_settings
+
+    config = DekafSourceConfig(username="sophia-ai/memory/dekaf", password="s3cret", group_id="g",
+                               topics=[{"collection": "c"}])
+    settings = consumer_settings(config)
+    assert settings["security.protocol"] == "SASL_SSL" and settings["sasl.mechanism"] == "PLAIN"
+    assert settings["sasl.username"] == "sophia-ai/memory/dekaf" and settings["sasl.password"] == "s3cret"
+    assert settings["enable.auto.commit"] is False and settings["group.id"] == "g"
+    assert "s3cret" not in repr(config)
+    plain = consumer_settings(config.model_copy(update={"security_protocol": "PLAINTEXT"}))
+    assert not any(k.startswith("sasl.") for k in plain)
+
+
 # -- one worker, in process ----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -71,9 +71,14 @@ def test_one_document_is_never_a_prefix_match_of_another():
 def test_long_keys_are_hashed_to_fit_pinecone_ids():
     key = ("k" * 600,)
     doc = document_id("github", key)
-    assert doc == "github:h-" + hashlib.sha256(key[0].encode()).hexdigest()
+    assert doc == "github:h-" + hashlib.sha256(b'["' + key[0].encode() + b'"]').hexdigest()
     assert pinecone_safe(chunk_id(doc, MAX_CHUNK_INDEX))
     assert document_id("github", ("k" * 601,)) != doc
+
+
+def test_hashed_composite_keys_cannot_collide_through_the_separator():
+    long = "x" * 600
+    assert document_id("s", (f"a\x1f{long}",)) != document_id("s", ("a", long))
 
 
 def test_escaping_counts_towards_the_limit():

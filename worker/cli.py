@@ -321,15 +321,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("dlq", help="list, show, replay or purge dead letters")
     config_arg(sp)
     dsub = sp.add_subparsers(dest="dlq_command", required=True)
-    d = dsub.add_parser("list")
+    def dlq_parser(name: str, **kw) -> argparse.ArgumentParser:  # noqa: ANN003
+        d = dsub.add_parser(name, **kw)
+        # `dlq list --config F` as well as `dlq --config F list`
+        d.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        return d
+
+    d = dlq_parser("list")
     d.add_argument("--collection")
     d.add_argument("--limit", type=int)
     d.add_argument("--json", action="store_true")
-    d = dsub.add_parser("show")
+    d = dlq_parser("show")
     d.add_argument("id", type=int)
-    d = dsub.add_parser("replay", help="send dead letters back through validation")
+    d = dlq_parser("replay", help="send dead letters back through validation")
     d.add_argument("--collection")
-    d = dsub.add_parser("purge")
+    d = dlq_parser("purge")
     d.add_argument("--collection")
     sp.set_defaults(func=cmd_dlq)
     return p

@@ -482,9 +482,19 @@ class DekafSource:
 
     # -- rebalance callbacks (run inside consume(), on the loop thread) ------------------------
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        from confluent_kafka import KafkaException
+
         self.counters.rebalances += 1
+        try:  # where the group left off: lag of a partition with nothing new to read is known
+            committed = {(tp.topic, tp.partition): tp.offset
+                         for tp in consumer.committed(partitions, timeout=10)}
+        except KafkaException:
+            committed = {}
         for tp in partitions:
-            self._partitions.setdefault((tp.topic, tp.partition), _Partition(tp.topic, tp.partition))
+            state = self._partitions.setdefault((tp.topic, tp.partition), _Partition(tp.topic, tp.partition))
+            offset = committed.get((tp.topic, tp.partition), -1)
+            if offset is not None and offset >= 0:
+                state.committed = offset
         log.info("dekaf partitions assigned", extra={"partitions": _names(partitions)})
         self._publish(consumer, "running")
 
@@ -531,15 +541,21 @@ class DekafSource:
                     low, high = consumer.get_watermark_offsets(TopicPartition(p.topic, p.partition),
                                                                cached=True)
                 except Exception:  # noqa: BLE001
-                    high = -1
+                    low = high = -1
                 position = positions.get((p.topic, p.partition), -1)
-                at = position if position is not None and position >= 0 else p.committed
+                # Nothing consumed yet this session: reading resumes at the committed offset, or
+                # at the beginning (auto.offset.reset) for a partition the group never committed.
+                at = (position if position is not None and position >= 0
+                      else p.committed if p.committed is not None
+                      else low if low is not None and low >= 0 else None)
                 high_wm = high if high is not None and high >= 0 else None
+                lag = None if high_wm is None or at is None else max(0, high_wm - at)
+                if p.eof:  # the broker said end-of-partition (Dekaf: offsets are byte positions)
+                    lag = 0
                 rows.append({"topic": p.topic, "partition": p.partition,
                              "collection": self.decoder.collections.get(p.topic),
                              "position": at, "committed": p.committed, "high_watermark": high_wm,
-                             "lag": None if high_wm is None or at is None else max(0, high_wm - at),
-                             "eof": p.eof})
+                             "lag": lag, "eof": p.eof})
         member = None
         if consumer is not None:
             try:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from urllib.parse import quote
 
@@ -26,7 +27,8 @@ def document_id(source: str, key: tuple[str, ...]) -> str:
     candidate = f"{source}:{escaped}"
     if len(candidate) + _INDEX_ROOM <= MAX_ID_CHARS:
         return candidate
-    digest = hashlib.sha256("\x1f".join(key).encode("utf-8", "surrogatepass")).hexdigest()
+    # JSON-encode the parts so no two different keys can hash the same input.
+    digest = hashlib.sha256(json.dumps(list(key), ensure_ascii=True).encode()).hexdigest()
     return f"{source}:h-{digest}"
 
 

@@ -32,12 +32,14 @@ class Accepted:
 
 
 def check_bearer(header: str | None, token: str | None) -> None:
-    """Constant-time comparison of ``Authorization: Bearer <token>``."""
+    """Constant-time comparison of ``Authorization: Bearer <token>`` (scheme case-insensitive,
+    RFC 7235: Estuary sends whatever header value was typed into the endpoint config)."""
     if not token:
         raise Unauthorized("this endpoint has no token configured; set it in the server section")
-    if not header or not header.startswith("Bearer "):
+    scheme, _, given = (header or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
         raise Unauthorized("missing 'Authorization: Bearer <token>' header")
-    if not hmac.compare_digest(header[7:].strip().encode(), token.encode()):
+    if not hmac.compare_digest(given.strip().encode(), token.encode()):
         raise Unauthorized("invalid bearer token")
 
 
@@ -95,9 +97,12 @@ class Intake:
                 bad.append((collection, exc.key, "validate", str(exc), raw))
             else:
                 good.append(raw)
-        self.dead_letters.add_many(bad)  # durable before we answer, like the spool
         seq = None
         if good:
             payload = body if not bad else orjson.dumps(good)
             seq = self.spool.append(collection, payload, len(good))
+        # After the spool: a refused append (SpoolFull, 503) is retried by Estuary with the same
+        # body, and dead-lettering first would file its bad documents once per attempt. A crash
+        # between the two only makes Estuary resend, which spools duplicates (idempotent).
+        self.dead_letters.add_many(bad)  # durable before we answer, like the spool
         return Accepted(collection, len(docs), len(good), len(bad), seq)

@@ -9,7 +9,7 @@ taken out of play here:
   (:func:`disable_sdk_retries`); if that attribute path is missing on another SDK version we log
   a warning and go on with both layers of retries.
 * **The process-global per-host retry budget** only gates the SDK's own retries, which are off,
-  so an outage can never silently switch off ours (tested with 60+ failures in a row).
+  so an outage can never silently switch off ours (tested: 63 failures across seven calls).
 * **The bulk-upsert admission gate** (``upsert(batch_size=...)``, with its 30 s cool-down) is
   never used: we split requests ourselves and call plain ``upsert``.
 
