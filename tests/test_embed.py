@@ -1,7 +1,8 @@
-"""The model backend (worker/embed.py) and the engine in front of it (worker/engine.py).
+"""The model backends (worker/embed.py) and the engine in front of the real model.
 
 The worker never lets sentence-transformers tokenize passages: it feeds the chunker's ids to the
-model's modules directly. These tests pin that shortcut to the library's own ``encode``.
+model's modules directly. These tests pin that shortcut to the library's own ``encode``, and the
+optional int8 backend to float32. CUDA-only branches are checked as logic (no GPU here).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import pytest
 from conftest import COLLECTIONS, load_stream
 from worker.config import BindingConfig
 from worker.documents import Binding
-from worker.embed import cpu_threads_for, dtype_for, pick_device
+from worker.embed import (INT8_MIN_COSINE, INT8_MIN_MEAN_COSINE, attention_for, available_cores,
+                          check_int8_quality, cpu_threads_for, dtype_for, pick_device)
 from worker.engine import EmbeddingEngine
 from worker.errors import ModelError
 
@@ -99,3 +101,73 @@ def test_device_choice_is_checked_not_silently_changed(spec):
     assert dtype_for(spec, "cpu") == "float32"
     assert dtype_for(spec, "cuda:0") == spec.dtype.cuda
     assert cpu_threads_for(None, 8) == 8 and cpu_threads_for(3, 8) == 3 and cpu_threads_for(None, None) == 1
+
+    assert 1 <= available_cores() <= 4096
+
+
+def test_cpu_runs_float32_with_sdpa_and_cuda_half_precision_prefers_flash_attention(embedder, spec):
+    assert embedder.device == "cpu" and embedder.dtype == "float32" and embedder.attention == "sdpa"
+    assert next(embedder.model.parameters()).dtype.is_floating_point
+    assert str(next(embedder.model.parameters()).dtype) == "torch.float32"
+    assert attention_for("cuda:0", "float16", flash_available=True) == "flash_attention_2"
+    assert attention_for("cuda:0", "bfloat16", flash_available=False) == "sdpa"
+    assert attention_for("cuda", "float32", flash_available=True) == "sdpa"
+    assert attention_for("cpu", "float32", flash_available=True) == "sdpa"
+    # A spec cannot even ask for half precision on CPU.
+    with pytest.raises(Exception):
+        spec.model_copy(update={"dtype": spec.dtype.model_validate({"cpu": "float16"})})
+
+
+def test_prepare_pads_masks_and_pins_only_for_cuda(embedder):
+    tensors = embedder.prepare([[101, 5, 6, 102], [101, 7, 102]])
+    assert tensors["input_ids"].tolist() == [[101, 5, 6, 102], [101, 7, 102, embedder.info.pad_id]]
+    assert tensors["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    assert tensors["token_type_ids"].tolist() == [[0] * 4] * 2
+    assert embedder.pin_memory is False  # pinning needs CUDA; the CPU path never asks for it
+    assert not any(t.is_pinned() for t in tensors.values())
+
+
+def test_int8_quality_bar_accepts_close_vectors_and_refuses_drifting_ones():
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal((50, 384)).astype(np.float32)
+    close = reference + 0.02 * rng.standard_normal(reference.shape).astype(np.float32)
+    quality = check_int8_quality(reference, close)
+    assert quality.accepted and quality.mean_cosine >= INT8_MIN_MEAN_COSINE
+    one_bad = close.copy()
+    one_bad[7] = rng.standard_normal(384)  # mean still fine, one chunk far off
+    with pytest.raises(ModelError, match="int8 backend refused"):
+        check_int8_quality(reference, one_bad)
+    refused = check_int8_quality(reference, one_bad, raise_if_refused=False)
+    assert not refused.accepted and refused.min_cosine < INT8_MIN_COSINE
+    with pytest.raises(ModelError):
+        check_int8_quality(reference, close[:10])
+
+
+def test_onnx_int8_backend_is_refused_when_the_spec_does_not_allow_it(embedder, tmp_path):
+    from worker.embed import OnnxInt8Embedder
+
+    class NoInt8:
+        spec = embedder.spec.model_copy(update={"int8_backends": ()})
+        device, dtype = "cpu", "float32"
+
+    with pytest.raises(ModelError, match="does not allow"):
+        OnnxInt8Embedder.build(NoInt8(), tmp_path)  # type: ignore[arg-type]
+
+
+def test_onnx_int8_backend_meets_the_quality_bar_on_sample_chunks(embedder, sample_chunks, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from worker.embed import OnnxInt8Embedder
+
+    int8 = OnnxInt8Embedder.build(embedder, tmp_path)
+    ids = [c.token_ids for c in sample_chunks]
+    quality = check_int8_quality(embedder.embed_ids(ids), int8.embed_ids(ids))
+    assert quality.accepted
+    # Kept on disk: a restart loads the quantized file instead of exporting again.
+    files = sorted(p.name for p in tmp_path.rglob("*.onnx"))
+    assert files == ["model-fp32.onnx", "model-int8.onnx"]
+    again = OnnxInt8Embedder.build(embedder, tmp_path)
+    assert again.model_path == int8.model_path
+    with EmbeddingEngine(again, max_batch_tokens=2048, max_wait_ms=1) as engine:
+        through_engine = engine.embed(sample_chunks)
+    np.testing.assert_allclose(through_engine, int8.embed_ids(ids), atol=1e-5)

@@ -23,6 +23,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -115,7 +116,7 @@ class EmbeddingEngine:
     def __init__(self, backend: Backend, *, max_batch_tokens: int, max_wait_ms: int,
                  cache: EmbeddingCache | None = None, clock: Callable[[], float] = time.monotonic,
                  on_batch: Callable[[int, int, float], None] | None = None,
-                 sort_window_batches: int = 8) -> None:
+                 sort_window_batches: int = 32) -> None:
         self.backend = backend
         self.cache = cache
         self.stats = EngineStats()
@@ -123,6 +124,7 @@ class EmbeddingEngine:
         self._on_batch = on_batch
         self._queue: TokenBudgetQueue[tuple[_Request, int, Sequence[int]]] = TokenBudgetQueue(
             max_batch_tokens=max_batch_tokens, max_wait_s=max_wait_ms / 1000, clock=clock)
+        self._urgent: deque[Queued] = deque()
         self._cond = threading.Condition()
         self._batches: queue.Queue[tuple[list[Queued], Any] | None] = queue.Queue(maxsize=1)
         self._stats_lock = threading.Lock()
@@ -175,12 +177,18 @@ class EmbeddingEngine:
         self.stop()
 
     # -- the caller's side -------------------------------------------------------------------
-    def embed(self, chunks: Sequence[Chunk], *, use_cache: bool = True) -> np.ndarray:
+    def embed(self, chunks: Sequence[Chunk], *, use_cache: bool = True,
+              priority: bool = False) -> np.ndarray:
         """Vectors for ``chunks`` in their order (float32 ``[n, dim]``). Blocks; thread-safe."""
-        return self.submit(chunks, use_cache=use_cache).result()
+        return self.submit(chunks, use_cache=use_cache, priority=priority).result()
 
-    def submit(self, chunks: Sequence[Chunk], *, use_cache: bool = True) -> PendingVectors:
-        """Queue ``chunks`` (cache hits and duplicate contents are not queued); returns at once."""
+    def submit(self, chunks: Sequence[Chunk], *, use_cache: bool = True,
+               priority: bool = False) -> PendingVectors:
+        """Queue ``chunks`` (cache hits and duplicate contents are not queued); returns at once.
+
+        ``priority`` (queries): skip the budget wait and go ahead of every planned batch, so a
+        query waits for at most the batches already handed to the model, not a backlog.
+        """
         out = np.zeros((len(chunks), self.backend.dimensions), dtype=np.float32)
         if not chunks:
             return PendingVectors(out, {}, None, None)
@@ -203,30 +211,41 @@ class EmbeddingEngine:
         items = [((request, slot, chunks[positions[0]].token_ids), chunks[positions[0]].n_tokens)
                  for slot, positions in enumerate(todo.values())]
         with self._cond:
-            self._queue.put_many(items)
+            if priority:
+                now = self._clock()
+                self._urgent.extend(Queued(item, n, now) for item, n in items)
+            else:
+                self._queue.put_many(items)
             self._in_flight_tokens += sum(n for _, n in items)
             self._cond.notify_all()
         return PendingVectors(out, todo, request, cache)
 
     # -- collator thread ---------------------------------------------------------------------
     def _collate(self) -> None:
+        planned: deque[list[Queued]] = deque()
         while True:
             with self._cond:
-                while not self._stopping and not self._queue.ready():
+                while not (self._stopping or self._urgent or planned or self._queue.ready()):
                     deadline = self._queue.deadline()
                     self._cond.wait(None if deadline is None else max(0.0, deadline - self._clock()))
-                if self._stopping and not len(self._queue):
-                    self._batches.put(None)
-                    return
-                planned = self._queue.take(
-                    max_tokens=self.sort_window_batches * self._queue.max_batch_tokens)
-            for batch in planned:
-                try:
-                    prepared = self._prepare([q.item[2] for q in batch])
-                except Exception as exc:  # noqa: BLE001 - a bug in padding fails its callers only
-                    self._fail(batch, exc)
-                    continue
-                self._batches.put((batch, prepared))  # blocks while one batch waits: backpressure
+                if self._urgent:  # queries jump ahead of the planned batches
+                    urgent = list(self._urgent)
+                    self._urgent.clear()
+                    plan = plan_batches([q.n_tokens for q in urgent], self._queue.max_batch_tokens)
+                    planned.extendleft(reversed([[urgent[i] for i in b] for b in plan]))
+                elif not planned:
+                    if self._stopping and not len(self._queue):
+                        self._batches.put(None)
+                        return
+                    planned.extend(self._queue.take(
+                        max_tokens=self.sort_window_batches * self._queue.max_batch_tokens))
+            batch = planned.popleft()
+            try:
+                prepared = self._prepare([q.item[2] for q in batch])
+            except Exception as exc:  # noqa: BLE001 - a bug in padding fails its callers only
+                self._fail(batch, exc)
+                continue
+            self._batches.put((batch, prepared))  # blocks while one batch waits: backpressure
 
     # -- inference thread (the only one that touches the model) ------------------------------
     def _infer(self) -> None:
@@ -419,12 +438,14 @@ class EnginePool:
                 return engine
             return min(self.engines, key=lambda e: e.load_tokens)
 
-    def embed(self, chunks: Sequence[Chunk], *, use_cache: bool = True) -> np.ndarray:
+    def embed(self, chunks: Sequence[Chunk], *, use_cache: bool = True,
+              priority: bool = False) -> np.ndarray:
         tokens = sum(c.n_tokens for c in chunks)
         if len(self.engines) == 1 or tokens <= self.split_tokens or len(chunks) < len(self.engines):
-            return self._pick().embed(chunks, use_cache=use_cache)
+            return self._pick().embed(chunks, use_cache=use_cache, priority=priority)
         parts = _split_by_tokens(chunks, len(self.engines))
-        pending = [e.submit(part, use_cache=use_cache) for e, part in zip(self.engines, parts)]
+        pending = [e.submit(part, use_cache=use_cache, priority=priority)
+                   for e, part in zip(self.engines, parts)]
         return np.concatenate([p.result() for p in pending])
 
 

@@ -29,5 +29,6 @@ def setup(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore", "urllib3", "sentence_transformers", "transformers", "filelock"):
+    for noisy in ("httpx", "httpcore", "urllib3", "sentence_transformers", "transformers", "filelock",
+                  "pinecone", "weaviate", "grpc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

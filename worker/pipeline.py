@@ -180,13 +180,16 @@ class Pipeline:
             if outcome.rejected:
                 self._dead_letter_records(name, outcome.rejected, chunked)
                 stats.dead_lettered += len(outcome.rejected)
+            # With the old chunk count known, sinks delete computed ids (exact even where
+            # listing is eventually consistent); otherwise they find the chunks themselves.
             for doc_id, keep, old in tails:
-                if keep == 0:
-                    sink.delete_document(doc_id)
-                else:
-                    sink.delete_tail(doc_id, keep, old)
+                sink.delete_tail(doc_id, keep, old)
             for doc in deletes:
-                sink.delete_document(doc.doc_id)
+                prior = held.get(doc.doc_id)
+                if prior is not None and not prior.deleted and prior.chunk_count:
+                    sink.delete_tail(doc.doc_id, 0, prior.chunk_count)
+                else:
+                    sink.delete_document(doc.doc_id)
                 done.append(StoredDocument(doc.doc_id, doc.version, 0, "", "", deleted=True))
             self.ledger.record(self._ledger_key[name], done)
             stats.per_sink_written[name] = len(records)

@@ -271,7 +271,12 @@ class Service:
         ])
 
     def close(self) -> None:
-        self.spool.close()
+        """Close the spool once no loop can touch it (a loop stuck in a sink retry past the
+        drain deadline keeps it open; the process is exiting anyway and SQLite needs no cleanup)."""
+        for loop in self.loops:
+            loop.stopping.set()
+        if not any(loop.is_alive() for loop in self.loops):
+            self.spool.close()
 
 
 def _secret(value: Any) -> str | None:
