@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo,
@@ -280,29 +280,40 @@ def _describe(error: ValidationError, file: Path) -> str:
     return "\n".join(lines)
 
 
-def parse_config(data: Any, *, file: Path, env: Mapping[str, str]) -> WorkerConfig:
-    """Validate an already-parsed YAML mapping; errors name ``file`` and the key."""
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_document(model: type[M], data: Any, *, file: Path, env: Mapping[str, str]) -> M:
+    """Substitute ``${VAR}`` and validate parsed YAML; errors name ``file`` and the key."""
     if not isinstance(data, dict):
         raise ConfigError(f"{file}: the top level must be a mapping")
     data = _substitute(data, env, "", file)
     try:
-        return WorkerConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, file)) from None
+
+
+def read_yaml(file: Path) -> Any:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read ({exc.strerror})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: invalid YAML: {exc}") from None
+
+
+def parse_config(data: Any, *, file: Path, env: Mapping[str, str]) -> WorkerConfig:
+    """Validate an already-parsed YAML mapping; errors name ``file`` and the key."""
+    return validate_document(WorkerConfig, data, file=file, env=env)
 
 
 def load_config(file: Path | str, env: Mapping[str, str]) -> WorkerConfig:
     """Read and validate a YAML config file."""
     file = Path(file)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{file}: cannot read config ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{file}: invalid YAML: {exc}") from None
-    return parse_config(data, file=file, env=env)
+    return parse_config(read_yaml(file), file=file, env=env)
 
 
 def masked(config: WorkerConfig) -> dict[str, Any]:

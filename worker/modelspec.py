@@ -12,10 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from worker.config import Strict, _describe, _substitute
+from worker.config import Strict, read_yaml, validate_document
 from worker.errors import ConfigError
 
 DType = Literal["float32", "float16", "bfloat16"]
@@ -83,14 +82,4 @@ def load_spec(name_or_path: str, *, models_dir: Path | None, env: Mapping[str, s
     if not file.is_file():
         known = sorted(p.stem for p in (models_dir or default_models_dir()).glob("*.yaml"))
         raise ConfigError(f"model {name_or_path!r}: no spec at {file} (known: {', '.join(known)})")
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{file}: invalid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{file}: the top level must be a mapping")
-    data = _substitute(data, env, "", file)
-    try:
-        return ModelSpec.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, file)) from None
+    return validate_document(ModelSpec, read_yaml(file), file=file, env=env)
