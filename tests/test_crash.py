@@ -109,6 +109,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path, stream_
             killer.join()  # the kill may also land after the last post, during delivery
             kills.append((round(delay, 2), total - len(pending), round(time.monotonic() - started, 2)))
             worker.start()
+            print("restart", kills[-1], worker.client.status()["sinks"]["local"])
 
         for request in pending:  # no more kills: send the rest
             r = worker.client.post(request.collection, request.docs)

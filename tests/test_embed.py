@@ -168,6 +168,8 @@ def test_onnx_int8_backend_meets_the_quality_bar_on_sample_chunks(embedder, samp
     assert files == ["model-fp32.onnx", "model-int8.onnx"]
     again = OnnxInt8Embedder.build(embedder, tmp_path)
     assert again.model_path == int8.model_path
+    # Dynamic quantization scales activations per batch, so int8 vectors depend slightly on the
+    # batch they were in; through the engine (other batches) they still meet the bar.
     with EmbeddingEngine(again, max_batch_tokens=2048, max_wait_ms=1) as engine:
         through_engine = engine.embed(sample_chunks)
-    np.testing.assert_allclose(through_engine, int8.embed_ids(ids), atol=1e-5)
+    assert check_int8_quality(embedder.embed_ids(ids), through_engine).accepted
