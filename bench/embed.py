@@ -203,6 +203,10 @@ def calibrate(embedder: Embedder, sample: list[Chunk], budgets: list[int], st_si
     """Pick the engine budget and encode batch_size on a sample, interleaved over two rounds."""
     tokens = sum(c.n_tokens for c in sample)
     texts = [c.text for c in sample]
+    # Warm-up: the first forward passes of a process are slow (allocator, kernel selection);
+    # without this the first method timed would pay for it.
+    run_engine(embedder, [sample], budgets[0])
+    embedder.model.encode(texts, batch_size=st_sizes[0])
     methods: dict[str, Callable[[int], object]] = {}
     for b in budgets:
         methods[f"engine {b}"] = lambda r, b=b: run_engine(embedder, [sample], b)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 
@@ -26,6 +25,7 @@ import orjson
 
 from conftest import COLLECTIONS, load_stream, seed_cache
 from test_service import WorkerProcess, free_port, local_rows, write_config
+from worker.deadletter import DeadLetterStore
 
 SEED = 20261125
 KILLS = 5
@@ -36,10 +36,6 @@ ESTUARY_REQUEST_BYTES = 1024 * 1024
 class Request:
     collection: str
     docs: list[dict]
-
-    @property
-    def body(self) -> bytes:
-        return orjson.dumps(self.docs)
 
 
 def publish_time(doc: dict) -> int:
@@ -79,51 +75,74 @@ def test_the_stream_is_split_like_estuary_does():
 
 def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path, stream_cache, indexed_stream):
     rng = random.Random(SEED)
+    requests = estuary_requests()
+    # Kills are spread over the stream: a short random delay after posting a random request,
+    # so they land in intake, in sink passes over the backlog, and (the last) after the last post.
+    kill_at = sorted(rng.sample(range(len(requests)), KILLS - 1))
     port = free_port()
     # Small passes: many sink-write / ledger / cursor commits for the kills to land between.
     config = write_config(tmp_path, port=port, spool={"batch_entries": 3},
                           server={"shutdown_timeout_s": 30})
     seed_cache(stream_cache, tmp_path / "state")
     worker = WorkerProcess(config, port, tmp_path / "worker.log")
-    pending = estuary_requests()
-    total = len(pending)
-    acknowledged: list[Request] = []
-    kills = []
+    acknowledged: list[int] = []
+    kills: list[tuple[int, int]] = []  # (requests acknowledged, entries undelivered at restart)
+    killer: threading.Timer | None = None
+
+    def restart() -> None:
+        killer.join()
+        worker.start()
+        kills.append((len(acknowledged), worker.client.status()["sinks"]["local"]["behind_entries"]))
+
     try:
         worker.start()
-        for _ in range(KILLS):
-            delay = rng.uniform(0.05, 3.0)
-            killer = threading.Timer(delay, worker.kill)
-            killer.start()
-            started = time.monotonic()
-            while pending and killer.is_alive():
-                try:
-                    r = worker.client.http.post(f"/estuary/webhook/{pending[0].collection}",
-                                                content=pending[0].body,
-                                                headers={"Authorization": "Bearer hook-secret",
-                                                         "Content-Type": "application/json"})
-                except httpx.TransportError:
-                    break  # killed mid-request: no 200, so Estuary sends it again
-                assert r.status_code == 200, r.text
-                acknowledged.append(pending.pop(0))
-            killer.join()  # the kill may also land after the last post, during delivery
-            kills.append((round(delay, 2), total - len(pending), round(time.monotonic() - started, 2)))
-            worker.start()
-            print("restart", kills[-1], worker.client.status()["sinks"]["local"])
-
-        for request in pending:  # no more kills: send the rest
-            r = worker.client.post(request.collection, request.docs)
+        i = 0
+        while i < len(requests) or killer is not None:
+            if killer is None and kill_at and i >= kill_at[0]:
+                kill_at.pop(0)
+                killer = threading.Timer(rng.uniform(0.0, 0.05), worker.kill)
+                killer.start()
+            if killer is not None and (i == len(requests) or not killer.is_alive()):
+                restart()
+                killer = None
+                continue
+            try:
+                r = worker.client.post(requests[i].collection, requests[i].docs)
+            except httpx.TransportError:
+                assert killer is not None, "the worker went away on its own:\n" + worker.log()
+                restart()  # killed mid-request: no 200, so Estuary sends it again
+                killer = None
+                continue
             assert r.status_code == 200, r.text
-            acknowledged.append(request)
+            acknowledged.append(i)
+            i += 1
+        killer = threading.Timer(rng.uniform(0.0, 1.0), worker.kill)  # during the last passes
+        killer.start()
+        restart()
+        killer = None
+
         worker.client.wait_delivered()
         assert worker.stop(timeout_s=30) == 0, worker.log()
     finally:
+        if killer is not None:
+            killer.cancel()
         worker.close()
 
-    assert len(acknowledged) == total, kills
+    print("kills (acknowledged, undelivered at restart):", kills)
+    assert len(kills) == KILLS
+    assert acknowledged == list(range(len(requests))), kills
     got, want = local_rows(tmp_path), indexed_stream.sink.rows()
     assert [r["id"] for r in got] == [r["id"] for r in want], kills  # none lost, duplicated, stale
     for g, w in zip(got, want):
         gv, wv = np.asarray(g.pop("vector")), np.asarray(w.pop("vector"))
         assert g == w, (g["id"], kills)
         assert np.allclose(gv, wv, atol=1e-5), (g["id"], kills)
+
+    def rejected(store) -> set[tuple]:  # noqa: ANN001 - a resent request may file a document twice
+        return {(e.collection, e.key, e.reason) for e in store.list()}
+
+    dead_letters = DeadLetterStore(tmp_path / "state" / "dead_letters.sqlite")
+    try:
+        assert rejected(dead_letters) == rejected(indexed_stream.runtime.dead_letters)
+    finally:
+        dead_letters.close()

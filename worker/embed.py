@@ -316,6 +316,8 @@ class OnnxInt8Embedder:
         options.intra_op_num_threads = cpu_threads_for(cpu_threads, available_cores())
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle threads sleep instead of spinning: chunking and sink writes share these cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
         self.model_path = model_path
         self.spec = reference.spec
