@@ -135,17 +135,23 @@ def st_padding(model, texts: Sequence[str], token_counts: Sequence[int], batch_s
     return padded_tokens(lengths, batches) / sum(lengths)
 
 
-def interleaved(methods: dict[str, Callable[[int], object]], rounds: int) -> dict[str, float]:
-    """Seconds per method, summed over rounds; the order reverses every round."""
+def interleaved(methods: dict[str, Callable[[int], object]], rounds: int
+                ) -> tuple[dict[str, float], dict[str, float]]:
+    """Wall seconds and process CPU seconds per method, summed over rounds; the order reverses
+    every round. CPU seconds (all threads of this process) are what a method costs even when
+    other processes take turns on the cores; on an otherwise idle machine wall ≈ CPU ÷ cores."""
     names = list(methods)
-    seconds = dict.fromkeys(names, 0.0)
+    wall = dict.fromkeys(names, 0.0)
+    cpu = dict.fromkeys(names, 0.0)
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             methods[name](r)
-            seconds[name] += time.perf_counter() - started
-            print(f"  round {r}: {name} {seconds[name]:.1f}s so far", flush=True)
-    return seconds
+            wall[name] += time.perf_counter() - started
+            cpu[name] += time.process_time() - started_cpu
+            print(f"  round {r}: {name} wall {wall[name]:.1f}s cpu {cpu[name]:.1f}s so far "
+                  f"(load {os.getloadavg()[0]:.1f})", flush=True)
+    return wall, cpu
 
 
 def cpu_model() -> str:
@@ -212,8 +218,8 @@ def calibrate(embedder: Embedder, sample: list[Chunk], budgets: list[int], st_si
         methods[f"engine {b}"] = lambda r, b=b: run_engine(embedder, [sample], b)
     for s in st_sizes:
         methods[f"encode bs {s}"] = lambda r, s=s: embedder.model.encode(texts, batch_size=s)
-    seconds = interleaved(methods, 2)
-    rates = {k: 2 * tokens / v for k, v in seconds.items()}
+    _, cpu = interleaved(methods, 2)
+    rates = {k: 2 * tokens / v for k, v in cpu.items()}  # CPU time: robust to other load
     best_budget = max(budgets, key=lambda b: rates[f"engine {b}"])
     best_bs = max(st_sizes, key=lambda s: rates[f"encode bs {s}"])
     return best_budget, best_bs, rates
@@ -226,7 +232,7 @@ def bench_cpu(args: argparse.Namespace, embedder: Embedder, requests: list[list[
     sample = [all_chunks[i] for i in sorted(rng.choice(len(all_chunks), args.calibration, replace=False))]
     print(f"calibrating on {len(sample)} chunks ...", flush=True)
     budget, st_bs, rates = calibrate(embedder, sample, args.budgets, args.st_batch_sizes)
-    notes.append("Calibration (tok/s, same run, interleaved): " +
+    notes.append("Calibration (tokens per CPU-second, same run, interleaved): " +
                  ", ".join(f"{k} {v:,.0f}" for k, v in rates.items()) +
                  f" → engine budget **{budget}**, encode batch_size **{st_bs}**.")
 
@@ -265,25 +271,28 @@ def bench_cpu(args: argparse.Namespace, embedder: Embedder, requests: list[list[
         if int8 is not None:
             methods["engine_int8"] = engine_method(int8, budget, "engine_int8")
     print(f"timing {n_chunks:,} chunks per method ...", flush=True)
-    seconds = interleaved(methods, args.rounds)
-    cps = {k: n_chunks / v for k, v in seconds.items()}
-    for k in seconds:
-        notes.append(f"`{k}`: {seconds[k]:.1f} s, {cps[k]:.2f} chunks/s, {n_tokens / seconds[k]:,.0f} tok/s")
+    wall, cpu = interleaved(methods, args.rounds)
+    cps = {k: n_chunks / v for k, v in wall.items()}  # chunks per wall second
+    cpc = {k: n_chunks / v for k, v in cpu.items()}  # chunks per CPU second
+    for k in wall:
+        notes.append(f"`{k}`: wall {wall[k]:.1f} s = {cps[k]:.2f} chunks/s ({n_tokens / wall[k]:,.0f} "
+                     f"tok/s); CPU {cpu[k]:.1f} s = {cpc[k]:.2f} chunks per CPU-second")
+
+    def ratio(a: str, b: str) -> str:
+        return (f"wall {cps[a]:.2f} ÷ {cps[b]:.2f} = **{cps[a] / cps[b]:.2f}**; "
+                f"CPU-time {cpc[a]:.2f} ÷ {cpc[b]:.2f} = **{cpc[a] / cpc[b]:.2f}**")
+
     st_best = max(cps["st_all_32"], cps.get("st_all_tuned", 0))
     best_name = "st_all_tuned" if cps.get("st_all_tuned", 0) > cps["st_all_32"] else "st_all_32"
     rows.append(("engine chunks/s ÷ `encode` once per ~1 MiB webhook batch (naive worker)",
-                 f"{cps['engine']:.2f} ÷ {cps['naive']:.2f} = **{cps['engine'] / cps['naive']:.2f}**",
-                 "≥ 1.3"))
+                 ratio("engine", "naive"), "≥ 1.3"))
     rows.append(("engine chunks/s ÷ one `encode` over all chunks, batch_size 32",
-                 f"{cps['engine']:.2f} ÷ {cps['st_all_32']:.2f} = **{cps['engine'] / cps['st_all_32']:.2f}**",
-                 "≥ 0.95"))
+                 ratio("engine", "st_all_32"), "≥ 0.95"))
     if "st_all_tuned" in cps:
         rows.append((f"engine chunks/s ÷ one `encode` over all chunks, tuned batch_size {st_bs}",
-                     f"{cps['engine']:.2f} ÷ {cps['st_all_tuned']:.2f} = "
-                     f"**{cps['engine'] / cps['st_all_tuned']:.2f}**", "≥ 0.95"))
+                     ratio("engine", "st_all_tuned"), "≥ 0.95"))
     rows.append((f"engine at budget {budget} ÷ engine at the default 16384 (before/after tuning)",
-                 f"{cps['engine']:.2f} ÷ {cps['engine_16384']:.2f} = "
-                 f"**{cps['engine'] / cps['engine_16384']:.2f}**", "(tuning)"))
+                 ratio("engine", "engine_16384"), "(tuning)"))
     e = engine_stats["engine"]
     pad_st = np.mean([st_padding(model, texts[r], [c.n_tokens for req in slices[r] for c in req], 32)
                       for r in range(args.rounds)])
@@ -291,9 +300,10 @@ def bench_cpu(args: argparse.Namespace, embedder: Embedder, requests: list[list[
                  f"{e['padded']:,} ÷ {e['tokens']:,} = **{e['padded'] / e['tokens']:.3f}** "
                  f"({e['batches']} batches; encode's own sort: {pad_st:.3f})", "≤ 1.05"))
     if int8 is not None:
-        rows.append(("int8 CPU backend (ONNX Runtime) chunks/s ÷ fp32 torch engine",
-                     f"{cps['engine_int8']:.2f} ÷ {cps['engine']:.2f} = "
-                     f"**{cps['engine_int8'] / cps['engine']:.2f}**", "≥ 2 at the quality bar"))
+        rows.append(("int8 CPU backend (ONNX Runtime) engine chunks/s ÷ fp32 torch engine",
+                     ratio("engine_int8", "engine"), "≥ 2 at the quality bar"))
+        rows.append(("int8 engine chunks/s ÷ naive fp32 `encode` per webhook batch",
+                     ratio("engine_int8", "naive"), "(for reference)"))
     notes.append(f"Best encode variant: `{best_name}` at {st_best:.2f} chunks/s.")
 
 

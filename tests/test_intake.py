@@ -99,6 +99,14 @@ def test_unreadable_bodies_are_refused_with_a_reason(start_worker, body, reason)
     assert_nothing_kept(client, service)
 
 
+def test_depth_counts_arrays_and_objects_alike():
+    from worker.intake import too_deep
+
+    assert not too_deep([[[1]]], 3) and too_deep([[[[1]]]], 3)
+    assert not too_deep([{"a": [{"b": 1}]}], 4) and too_deep([{"a": [{"b": {}}]}], 4)
+    assert not too_deep([{"a": 1}, [], {"b": [2]}], 3) and too_deep([{"a": 1}, [], {"b": [[]]}], 3)
+
+
 def test_nesting_up_to_the_limit_is_accepted(start_worker):
     client, _ = start_worker()
     r = client.post(SLACK, nested(128))

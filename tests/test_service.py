@@ -66,6 +66,22 @@ def slack_id(ts: str, channel: str = "C024BE91L") -> str:
     return f"slack:{channel}/{ts}"
 
 
+def github_doc(doc_id: str, body: str | None, *, at: float, op: str = "u", **extra: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {"_meta": {"uuid": flow_uuid(at), "op": op}, "id": doc_id}
+    if op != "d":
+        doc.update(kind="issue", repo="sophia-ai/ai-memory", number=412, title=f"Issue {doc_id}",
+                   body=body, url=f"https://github.com/sophia-ai/ai-memory/issues/{doc_id}")
+    doc.update(extra)
+    return doc
+
+
+def long_body(topic: str, paragraphs: int) -> str:
+    """Markdown long enough to need several 256-token chunks."""
+    return "\n\n".join(f"## Part {i}\n" + " ".join(f"{topic} detail {i}-{j} about latency, retries and the "
+                                                   "webhook spool." for j in range(12))
+                       for i in range(paragraphs))
+
+
 # -- HTTP client --------------------------------------------------------------------------------
 
 class Client:
@@ -183,6 +199,26 @@ def start_worker(runtime_factory):
         yield start
 
 
+def rows_of(service, doc_id: str | None = None) -> list[dict]:  # noqa: ANN001
+    rows = service.rt.sinks["local"].rows()
+    return [r for r in rows if doc_id is None or r["doc_id"] == doc_id]
+
+
+def texts_of(service, doc_id: str) -> list[str]:  # noqa: ANN001
+    return [r["text"] for r in sorted(rows_of(service, doc_id), key=lambda r: r["chunk_index"])]
+
+
+def local_rows(tmp_path: Path) -> list[dict]:
+    """The local store's rows, read with a fresh handle (the worker process is gone)."""
+    from worker.sinks.local import LocalSink
+
+    sink = LocalSink(tmp_path / "lancedb")
+    try:
+        return sink.rows()
+    finally:
+        sink.close()
+
+
 # -- the worker as a subprocess ------------------------------------------------------------------
 
 def free_port() -> int:
@@ -259,32 +295,6 @@ class WorkerProcess:
             self.proc.kill()
             self.proc.wait()
         self.client.close()
-
-
-
-def github_doc(doc_id: str, body: str | None, *, at: float, op: str = "u", **extra: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {"_meta": {"uuid": flow_uuid(at), "op": op}, "id": doc_id}
-    if op != "d":
-        doc.update(kind="issue", repo="sophia-ai/ai-memory", number=412, title=f"Issue {doc_id}",
-                   body=body, url=f"https://github.com/sophia-ai/ai-memory/issues/{doc_id}")
-    doc.update(extra)
-    return doc
-
-
-def long_body(topic: str, paragraphs: int) -> str:
-    """Markdown long enough to need several 256-token chunks."""
-    return "\n\n".join(f"## Part {i}\n" + " ".join(f"{topic} detail {i}-{j} about latency, retries and the "
-                                                   "webhook spool." for j in range(12))
-                       for i in range(paragraphs))
-
-
-def rows_of(service, doc_id: str | None = None) -> list[dict]:  # noqa: ANN001
-    rows = service.rt.sinks["local"].rows()
-    return [r for r in rows if doc_id is None or r["doc_id"] == doc_id]
-
-
-def texts_of(service, doc_id: str) -> list[str]:  # noqa: ANN001
-    return [r["text"] for r in sorted(rows_of(service, doc_id), key=lambda r: r["chunk_index"])]
 
 
 # -- ordering, duplicates, deletes ----------------------------------------------------------------
@@ -467,6 +477,30 @@ def test_metrics_counters_move_with_traffic(start_worker):
     assert "# TYPE memory_worker_sink_retries_total counter" in text
 
 
+def test_a_record_the_sink_refuses_is_dead_lettered_and_counted(start_worker):
+    from worker.sinks.base import UpsertOutcome
+
+    client, service = start_worker(deliver=False)
+    sink = service.rt.sinks["local"]
+    real_upsert = sink.upsert
+
+    def upsert(records):  # noqa: ANN001, ANN202 - the store refuses one record for good
+        refused = [r for r in records if r.doc_id == slack_id("13.2")]
+        outcome = real_upsert([r for r in records if r not in refused])
+        return UpsertOutcome(outcome.written, {r.id: "metadata too large (test)" for r in refused})
+
+    sink.upsert = upsert
+    client.post(SLACK, [slack_doc("13.1", "kept", at=T0), slack_doc("13.2", "refused", at=T0)])
+    service.start()
+    status = client.wait_delivered()
+
+    assert [r["doc_id"] for r in rows_of(service)] == [slack_id("13.1")]
+    assert status["dead_letters"] == 1
+    [entry] = service.rt.dead_letters.list()
+    assert entry.stage == "sink:local" and "metadata too large" in entry.reason
+    assert client.metrics()['memory_worker_documents_dead_lettered_total{stage="sink:local"}'] == 1
+
+
 def test_spool_gauges_show_undelivered_entries(start_worker):
     client, service = start_worker(deliver=False)
     body = orjson.dumps([slack_doc("8.1", "waiting in the spool", at=T0)])
@@ -557,17 +591,6 @@ def test_query_answers_like_the_cli(start_worker, tmp_path, capsys):
 
 # -- graceful shutdown (a real process, real signals) ---------------------------------------------
 
-def local_rows(tmp_path: Path) -> list[dict]:
-    """The local store's rows, read with a fresh handle (the worker process is gone)."""
-    from worker.sinks.local import LocalSink
-
-    sink = LocalSink(tmp_path / "lancedb")
-    try:
-        return sink.rows()
-    finally:
-        sink.close()
-
-
 def post_until_refused(client: Client, first: int) -> tuple[list[dict], str]:
     """Keep posting during a shutdown until refused; returns (documents accepted, how refused)."""
     accepted = []
@@ -597,8 +620,33 @@ def test_sigterm_drains_refuses_new_posts_and_loses_nothing(tmp_path):
         r = worker.client.post(SLACK, messages)
         assert r.status_code == 200 and r.json()["accepted"] == len(messages)
 
+        # A request in flight at SIGTERM: headers and half the body sent, the rest after.
+        slow = [slack_doc("12.1", "in flight when the signal came", at=T0)]
+        body = orjson.dumps(slow)
+        half_sent, signalled, in_flight = threading.Event(), threading.Event(), {}
+
+        def upload() -> Iterator[bytes]:
+            yield body[:20]
+            half_sent.set()
+            signalled.wait(30)
+            yield body[20:]
+
+        def send() -> None:
+            with httpx.Client(base_url=worker.client.base_url, timeout=60) as http:
+                in_flight["response"] = http.post(
+                    f"/estuary/webhook/{SLACK}", content=upload(),
+                    headers={**HOOK, "Content-Type": "application/json", "Content-Length": str(len(body))})
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        half_sent.wait(30)
+        time.sleep(0.3)  # the handler has started reading the body
         worker.proc.send_signal(signal.SIGTERM)
-        accepted, refusal = post_until_refused(worker.client, 0)
+        accepted, _ = post_until_refused(worker.client, 0)
+        signalled.set()
+        sender.join(30)
+        assert in_flight["response"].status_code == 200, in_flight["response"].text
+        accepted += slow
         assert worker.proc.wait(timeout=timeout_s) == 0, worker.log()
 
         worker.start()  # same state dir: whatever was accepted and not delivered is still spooled
@@ -635,8 +683,8 @@ def test_sigterm_during_a_long_pass_still_exits_in_time_and_redelivers(tmp_path,
         worker.proc.send_signal(signal.SIGTERM)
         accepted, _ = post_until_refused(worker.client, 0)
         assert worker.proc.wait(timeout=timeout_s) == 0, worker.log()
-        assert worker.client.http is not None
-        assert "sink pass still running" in worker.log() or "drained" in worker.log()
+        # on this hardware the pass outlives the budget; on a GPU it may simply finish first
+        assert "sink pass still running" in worker.log() or 'msg="drained"' in worker.log()
 
         # Restart with the vectors a previous run would have cached, so redelivery costs
         # chunking and writes only (the cache is a cache: vectors are the same either way).

@@ -208,3 +208,39 @@ def test_webhook_answers_503_with_retry_after_while_the_spool_is_over_budget(sta
     service.start()  # the sink catches up; Estuary's retry of the same request now gets in
     client.wait_delivered()
     assert client.post(SLACK, big[::-1]).status_code == 200
+
+
+def test_a_failed_confirm_leaves_no_open_transaction_behind(tmp_path):
+    """If confirm() fails midway (disk full, I/O error), later appends must still commit."""
+    import sqlite3
+
+    spool = open_spool(tmp_path, sinks=["local"])
+    seq = spool.append(SLACK, body(0), 1)
+    # Make the DELETE inside confirm() fail, as a full disk would.
+    spool._conn.execute("CREATE TRIGGER fail_delete BEFORE DELETE ON entries "
+                        "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")
+    with pytest.raises(sqlite3.DatabaseError):
+        spool.confirm("local", seq)
+    spool._conn.execute("DROP TRIGGER fail_delete")
+    appended = spool.append(SLACK, body(1), 1)
+
+    other = sqlite3.connect(str(tmp_path / "spool.sqlite"))  # what a restart would find
+    try:
+        held = [r[0] for r in other.execute("SELECT seq FROM entries ORDER BY seq")]
+        cursor = other.execute("SELECT seq FROM cursors WHERE sink = 'local'").fetchone()[0]
+    finally:
+        other.close()
+    assert held == [seq, appended]
+    assert cursor == 0  # the failed confirm did not half-apply
+
+
+def test_a_read_stops_at_its_byte_budget_but_always_returns_one_entry(tmp_path):
+    """A sink pass is written and confirmed whole, so it must not swallow 64 MiB of backlog."""
+    spool = open_spool(tmp_path, sinks=["local"])
+    s = [spool.append(SLACK, body(i, 400_000), 1) for i in range(4)]  # ~400 KB each
+    assert seqs(spool.read("local", limit=64, max_bytes=1_000_000)) == s[:3]  # stops at the crossing
+    assert seqs(spool.read("local", limit=2, max_bytes=1_000_000)) == s[:2]
+    assert seqs(spool.read("local", limit=64, max_bytes=10)) == s[:1]
+    assert seqs(spool.read("local", limit=64)) == s
+    spool.confirm("local", s[2])
+    assert seqs(spool.read("local", limit=64, max_bytes=1_000_000)) == s[3:]

@@ -44,6 +44,11 @@ from worker.spool import Spool
 
 log = logging.getLogger(__name__)
 
+# Bodies one sink pass takes from the spool (besides spool.batch_entries). A pass is written,
+# confirmed and made visible as a whole, so its size bounds the time to visibility, the work a
+# crash or a shutdown redoes, and memory: ~1 MiB of Gong is ~1,000 chunks, plenty to batch well.
+PASS_MAX_BYTES = 1024 * 1024
+
 # How server.shutdown_timeout_s is spent after SIGTERM: sink loops finish their pass, then
 # requests still in flight finish, and what is left (at least the reserve) closes the stores.
 SHUTDOWN_DRAIN_SHARE = 0.75
@@ -72,7 +77,7 @@ class SinkLoop(threading.Thread):
 
     def run(self) -> None:
         while not self.stopping.is_set():
-            entries = self.spool.read(self.sink, limit=self.batch_entries)
+            entries = self.spool.read(self.sink, limit=self.batch_entries, max_bytes=PASS_MAX_BYTES)
             if not entries:
                 self.idle.set()
                 self.stopping.wait(self.poll_interval_s)
@@ -109,6 +114,8 @@ class SinkLoop(threading.Thread):
         stats = self.pipeline.apply(docs, sinks=[self.sink])
         self.metrics.upserts.labels(self.sink).inc(stats.per_sink_written.get(self.sink, 0))
         self.metrics.deletes.labels(self.sink).inc(stats.deleted)
+        if stats.dead_lettered:  # records the sink refused for good (filed by the pipeline)
+            self.metrics.documents_dead_lettered.labels(f"sink:{self.sink}").inc(stats.dead_lettered)
         self.spool.confirm(self.sink, entries[-1].seq)
 
 

@@ -87,10 +87,20 @@ class Spool:
             return int(cur.lastrowid)  # autocommit: committed and fsynced when execute returns
 
     # -- sink side ---------------------------------------------------------------------------
-    def read(self, sink: str, *, limit: int) -> list[SpoolEntry]:
-        """The next entries this sink has not confirmed, oldest first."""
+    def read(self, sink: str, *, limit: int, max_bytes: int | None = None) -> list[SpoolEntry]:
+        """The next entries this sink has not confirmed, oldest first: at most ``limit`` entries,
+        and no more once ``max_bytes`` of bodies are taken (always at least one entry)."""
         with self._lock:
             cursor = self._cursor(sink)
+            if max_bytes is not None:
+                sizes = self._conn.execute("SELECT bytes FROM entries WHERE seq > ? ORDER BY seq LIMIT ?",
+                                           (cursor, limit)).fetchall()
+                taken = total = 0
+                for (size,) in sizes:
+                    taken, total = taken + 1, total + size
+                    if total >= max_bytes:
+                        break
+                limit = taken
             rows = self._conn.execute(
                 "SELECT seq, collection, received_at, documents, body FROM entries WHERE seq > ? "
                 "ORDER BY seq LIMIT ?", (cursor, limit)).fetchall()
@@ -99,17 +109,25 @@ class Spool:
     def confirm(self, sink: str, seq: int) -> None:
         """Move ``sink``'s cursor to ``seq`` and drop entries every sink has confirmed."""
         with self._lock:
+            freed = 0
             self._conn.execute("BEGIN IMMEDIATE")
-            self._conn.execute("UPDATE cursors SET seq = max(seq, ?), updated_at = ?, last_error = NULL "
-                               "WHERE sink = ?", (seq, self._clock(), sink))
-            low = self._conn.execute("SELECT min(seq) FROM cursors WHERE sink IN (%s)"
-                                     % ",".join("?" * len(self.sinks)), self.sinks).fetchone()[0]
-            if low is not None:
-                freed = self._conn.execute("SELECT coalesce(sum(bytes), 0) FROM entries WHERE seq <= ?",
-                                           (low,)).fetchone()[0]
-                self._conn.execute("DELETE FROM entries WHERE seq <= ?", (low,))
-                self._bytes -= freed
-            self._conn.execute("COMMIT")
+            try:
+                self._conn.execute("UPDATE cursors SET seq = max(seq, ?), updated_at = ?, "
+                                   "last_error = NULL WHERE sink = ?", (seq, self._clock(), sink))
+                low = self._conn.execute("SELECT min(seq) FROM cursors WHERE sink IN (%s)"
+                                         % ",".join("?" * len(self.sinks)), self.sinks).fetchone()[0]
+                if low is not None:
+                    freed = self._conn.execute("SELECT coalesce(sum(bytes), 0) FROM entries "
+                                               "WHERE seq <= ?", (low,)).fetchone()[0]
+                    self._conn.execute("DELETE FROM entries WHERE seq <= ?", (low,))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                # Never leave the transaction open: append() is autocommit, and inside an open
+                # transaction its INSERT would not be durable when the webhook answers 200.
+                if self._conn.in_transaction:  # some errors (SQLITE_FULL) already rolled back
+                    self._conn.execute("ROLLBACK")
+                raise
+            self._bytes -= freed
 
     def record_error(self, sink: str, error: str) -> None:
         with self._lock:
