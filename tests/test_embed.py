@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import COLLECTIONS, load_stream
+from conftest import load_stream
 from worker.config import BindingConfig
 from worker.documents import Binding
 from worker.embed import (INT8_MIN_COSINE, INT8_MIN_MEAN_COSINE, attention_for, available_cores,

@@ -271,6 +271,11 @@ def test_build_engine_autotunes_only_on_cuda_and_pools_several_devices():
         assert cpu.calls == []  # no probing on CPU
     finally:
         engine.stop()
+    unset = build_engine(EmbeddingConfig(), [FakeBackend()], max_seq_tokens=512)
+    try:  # left unset on CPU: the small CPU budget, still at least a few full rows
+        assert unset.max_batch_tokens == 2048
+    finally:
+        unset.stop()
     gpu = FakeBackend(oom_above_tokens=10_000, device="cuda:0")
     engine = build_engine(EmbeddingConfig(max_batch_tokens=4096), [gpu], max_seq_tokens=256)
     try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo,
@@ -89,7 +89,7 @@ class ChunkingConfig(Strict):
 class EmbeddingConfig(Strict):
     device: str = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
     #: One engine per listed device (several GPUs on one host); empty = just ``device``.
-    devices: tuple[str, ...] = ()
+    devices: tuple[Annotated[str, Field(pattern=r"^(cpu|mps|cuda(:\d+)?)$")], ...] = ()
     backend: Literal["torch", "onnx", "openvino"] = "torch"
     max_batch_tokens: int = Field(default=16384, ge=256)
     max_wait_ms: int = Field(default=50, ge=0)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from worker.cache import EmbeddingCache
 from worker.chunk import Chunker
-from worker.config import WorkerConfig
+from worker.config import BindingConfig, WorkerConfig
 from worker.deadletter import DeadLetterStore
 from worker.documents import Binding
 from worker.embed import Embedder
-from worker.engine import EmbeddingEngine
+from worker.engine import EmbeddingEngine, EnginePool, build_engine
 from worker.errors import ConfigError
 from worker.ledger import Ledger
 from worker.metrics import Metrics
@@ -62,12 +62,64 @@ def build_sinks(config: WorkerConfig, *, only: str | None = None, dead_letters: 
     return sinks
 
 
+#: Chunks of the sample stream used to check an int8 backend against float32 before use.
+INT8_CALIBRATION_CHUNKS = 96
+
+
+def int8_calibration_chunks(config: WorkerConfig, chunker: Chunker) -> list:
+    """Chunks from the sample Estuary stream in ``examples/stream`` (the repo's, or ./examples)."""
+    import orjson
+
+    from worker.modelspec import default_models_dir
+
+    stream = default_models_dir().parent / "examples" / "stream"
+    presets = {"gong-calls-enriched.jsonl": "gong_call", "slack-messages-enriched.jsonl": "slack_message",
+               "github-enriched.json": "github_document"}
+    chunks = []
+    for name, preset in presets.items():
+        path = stream / name
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        raws = orjson.loads(data) if name.endswith(".json") else [orjson.loads(x) for x in data.splitlines() if x.strip()]
+        binding = Binding(BindingConfig(collection=name, preset=preset))
+        docs = [binding.parse(r) for r in raws]
+        for cd in chunker.chunk(docs):
+            chunks.extend(cd.chunks[:4])
+    if not chunks:
+        raise ConfigError(f"embedding.backend onnx is checked against float32 on the sample stream, "
+                          f"but {stream} has none; use backend: torch")
+    step = max(1, len(chunks) // INT8_CALIBRATION_CHUNKS)
+    return chunks[::step][:INT8_CALIBRATION_CHUNKS]
+
+
+def build_backends(config: WorkerConfig, embedder: Embedder, chunker: Chunker,
+                   env: Mapping[str, str], state: Path) -> list:
+    """One model backend per configured device; int8 only after it passed the quality check."""
+    emb = config.embedding
+    if emb.backend == "openvino":
+        raise ConfigError("embedding.backend openvino is not available in this build; use torch or onnx")
+    if emb.backend == "onnx":
+        from worker.embed import OnnxInt8Embedder, check_int8_quality
+
+        int8 = OnnxInt8Embedder.build(embedder, state / "onnx", cpu_threads=emb.cpu_threads)
+        sample = [c.token_ids for c in int8_calibration_chunks(config, chunker)]
+        quality = check_int8_quality(embedder.embed_ids(sample), int8.embed_ids(sample))
+        log.info("int8 backend accepted", extra={"chunks": quality.chunks,
+                                                 "mean_cosine": round(quality.mean_cosine, 4),
+                                                 "min_cosine": round(quality.min_cosine, 4)})
+        return [int8]
+    # embedding.devices: the first is the loaded embedder's, one more engine per further device.
+    return [embedder, *(Embedder(embedder.spec, device=d, cpu_threads=emb.cpu_threads, env=env)
+                        for d in emb.devices[1:])]
+
+
 @dataclass
 class Runtime:
     config: WorkerConfig
     spec: ModelSpec
     embedder: Embedder
-    engine: EmbeddingEngine
+    engine: EmbeddingEngine | EnginePool
     chunker: Chunker
     sinks: dict[str, Sink]
     ledger: Ledger
@@ -92,8 +144,8 @@ class Runtime:
 def load_model(config: WorkerConfig, env: Mapping[str, str]) -> tuple[ModelSpec, Embedder]:
     spec = load_spec(config.model, models_dir=config.models_dir, env=env)
     check_cross_fields(config, spec)
-    embedder = Embedder(spec, device=config.embedding.device, cpu_threads=config.embedding.cpu_threads,
-                        env=env)
+    device = config.embedding.devices[0] if config.embedding.devices else config.embedding.device
+    embedder = Embedder(spec, device=device, cpu_threads=config.embedding.cpu_threads, env=env)
     return spec, embedder
 
 
@@ -113,13 +165,13 @@ def build_runtime(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
         cache = EmbeddingCache(state / "embeddings.sqlite", fingerprint=spec.fingerprint,
                                dimensions=spec.dimensions,
                                max_entries=config.embedding.cache_max_entries)
-    engine = EmbeddingEngine(embedder, max_batch_tokens=config.embedding.max_batch_tokens,
-                             max_wait_ms=config.embedding.max_wait_ms, cache=cache,
-                             on_batch=metrics.on_batch if metrics else None).start()
     chunker = Chunker(embedder.tokenizer, max_tokens=config.chunking.max_tokens,
                       overlap_tokens=config.chunking.overlap_tokens,
                       model_max_tokens=spec.max_seq_tokens, cls_id=embedder.info.cls_id,
                       sep_id=embedder.info.sep_id, prompt_ids=embedder.info.passage_prompt_ids)
+    backends = build_backends(config, embedder, chunker, env, state)
+    engine = build_engine(config.embedding, backends, max_seq_tokens=spec.max_seq_tokens, cache=cache,
+                          on_batch=metrics.on_batch if metrics else None)
     dead_letters = DeadLetterStore(state / "dead_letters.sqlite")
     sinks = build_sinks(config, only=sink, dead_letters=dead_letters)
     if ensure_sinks:

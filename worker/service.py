@@ -261,7 +261,7 @@ class Service:
     def run_query(self, text: str, k: int, where: QueryFilter, sink: str) -> list:
         ids = self.rt.embedder.query_ids(text)
         chunk = Chunk(doc_id="", index=0, text=text, token_ids=ids, content_hash="")
-        vector = self.rt.engine.embed([chunk], use_cache=False)[0]
+        vector = self.rt.engine.embed([chunk], use_cache=False, priority=True)[0]
         return self.rt.sinks[sink].query(vector, k, where)
 
     def app(self) -> Starlette:
