@@ -1,35 +1,42 @@
 """The webhook worker end to end: accept latency, freshness, sustained throughput, query latency.
 
-    .venv/bin/python bench/webhook.py                     # ~10 minutes on 2 cores
+    .venv/bin/python bench/webhook.py                          # ~10 minutes on 2 cores
+    .venv/bin/python bench/webhook.py --compare-pass-bytes     # + the pass-size before/after
     .venv/bin/python bench/webhook.py --scale 20 --window-s 60 --queries 30   # a quick look
 
 Everything talks to a real ``memory-worker run`` subprocess over HTTP, the way Estuary and
 AI Memory V2 do (serial requests, TCP_NODELAY like Go's client). Phases:
 
-1. **Ingest** (fresh state dir, local store): the sample stream scaled ``--scale`` times
+1. **Accept** (fresh state dir, local store): the sample stream scaled ``--scale`` times
    (``examples/generate_stream.py``) is posted per collection as a backfill, in requests cut at
-   ~1 MiB like the webhook connector's. Accept latency is measured per request while the sink
-   loop embeds the backlog on the same cores (the realistic worst case). Sustained documents/s
-   and chunks/s are the slope of delivered documents / written vectors over ``--window-s``
-   (or until the backlog is delivered).
-2. **Freshness** (a new worker, idle): one-message requests whose ``_meta.uuid`` time is *now*;
+   ~1 MiB like the webhook connector's, and the time to each 200 is measured twice:
+   * *idle pipeline*: a worker whose sink loop sleeps (``spool.poll_interval_s`` = 1 h), so the
+     number is the webhook's own cost (read, parse, validate, fsync);
+   * *during ingest*: a fresh worker whose sink loop embeds the backlog on the same cores.
+2. **Ingest** (that second worker): sustained documents/s and chunks/s are delivered documents
+   (from the confirmed spool position) and written vectors (``/metrics``) over ``--window-s``
+   (or until the backlog is delivered), with the share of that time spent in the model.
+3. **Freshness** (a new, idle worker): one-message requests whose ``_meta.uuid`` time is *now*;
    publish → queryable is measured by the client (post, then poll ``/estuary/status`` until the
    entry is confirmed by the sink, which happens only after the store committed the write).
    The end-to-end lag histogram in ``/metrics`` (same documents) is reported as a cross-check.
-3. **Query at --query-chunks** (default 100k): a LanceDB store of random normalized 384-d
+4. **Query at --query-chunks** (default 100k): a LanceDB store of random normalized 384-d
    vectors with realistic metadata is built through ``LocalSink``; ``LocalSink.query`` is timed
    directly (the store alone) and ``POST /query`` against a worker serving that store (query
    embedding + store + JSON + HTTP).
+
+Freshness and query run per config variant: the default; ``embedding.max_wait_ms: 0`` (what a
+flush-when-idle engine would give a lone request); and that plus ``embedding.cpu_threads: 1``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,7 +69,7 @@ _GREGORIAN_TO_UNIX_TICKS = 0x01B21DD213814000
 def pct(values: list[float], p: float) -> float:
     """Nearest-rank percentile (ms in, ms out)."""
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, int(round(p / 100 * len(ordered) + 0.5)) - 1))]
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))]
 
 
 def ms(seconds: list[float]) -> list[float]:
@@ -116,7 +123,8 @@ def backfill_requests(stream: Path) -> list[tuple[str, bytes, int]]:
 # -- the worker as a subprocess -----------------------------------------------------------------
 
 class Worker:
-    def __init__(self, root: Path, *, store: Path, embedding: dict[str, Any]) -> None:
+    def __init__(self, root: Path, *, store: Path, embedding: dict[str, Any],
+                 spool: dict[str, Any] | None = None, pass_max_bytes: int | None = None) -> None:
         self.root = root
         self.port = free_port()
         root.mkdir(parents=True, exist_ok=True)
@@ -128,6 +136,7 @@ class Worker:
             "embedding": embedding,
             "server": {"host": "127.0.0.1", "port": self.port, "webhook_token": WEBHOOK_TOKEN,
                        "query_token": QUERY_TOKEN, "shutdown_timeout_s": 60},
+            "spool": spool or {},
             "sinks": {"local": {"path": str(store)}},
             "log_level": "warning",
         }))
@@ -137,8 +146,11 @@ class Worker:
                                  timeout=600)
         self.log = (root / "worker.log").open("ab")
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "run", "--config", str(self.config)],
-                                     cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        command = [sys.executable, "-m", "worker.cli", "run", "--config", str(self.config)]
+        if pass_max_bytes is not None:  # only for the before/after comparison of the pass bound
+            command = [sys.executable, "-c", "import sys, worker.service as s; from worker.cli import main; "
+                       f"s.PASS_MAX_BYTES = {pass_max_bytes}; sys.exit(main(sys.argv[1:]))", *command[3:]]
+        self.proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
         while True:
             if self.proc.poll() is not None:
@@ -181,13 +193,11 @@ class Worker:
 
 # -- phases --------------------------------------------------------------------------------------
 
-def ingest(worker: Worker, requests: list[tuple[str, bytes, int]], window_s: float) -> dict[str, Any]:
-    """Post the backfill serially; then watch delivery for up to ``window_s``."""
+def post_all(worker: Worker, requests: list[tuple[str, bytes, int]]) -> tuple[dict[int, int], dict[str, Any]]:
+    """Post serially, as the connector does; returns ({seq: documents}, accept latency stats)."""
     docs_by_seq: dict[int, int] = {}
     accept, accept_1mib = [], []
-    started = time.monotonic()
-    base = worker.metrics()
-    for collection, body, n in requests:
+    for collection, body, _ in requests:
         t = time.perf_counter()
         r = worker.post(collection, body)
         elapsed = time.perf_counter() - t
@@ -202,6 +212,31 @@ def ingest(worker: Worker, requests: list[tuple[str, bytes, int]], window_s: flo
             accept_1mib.append(elapsed)
         if r.json()["seq"] is not None:
             docs_by_seq[r.json()["seq"]] = r.json()["accepted"]
+    return docs_by_seq, {
+        "accept_ms_p50": round(pct(ms(accept), 50), 1), "accept_ms_p99": round(pct(ms(accept), 99), 1),
+        "accept_1mib_n": len(accept_1mib),
+        "accept_1mib_ms_p50": round(pct(ms(accept_1mib), 50), 1) if accept_1mib else None,
+        "accept_1mib_ms_p99": round(pct(ms(accept_1mib), 99), 1) if accept_1mib else None,
+        "accept_1mib_ms_max": round(max(ms(accept_1mib)), 1) if accept_1mib else None,
+    }
+
+
+def accept_idle(root: Path, requests: list[tuple[str, bytes, int]], embedding: dict[str, Any]) -> dict[str, Any]:
+    """The webhook alone: a worker whose sink loop sleeps (spool.poll_interval_s = 1 h), so no
+    pipeline work shares the cores with intake while the same requests are posted."""
+    worker = Worker(root, store=root / "lancedb", embedding=embedding, spool={"poll_interval_s": 3600})
+    try:
+        return post_all(worker, requests)[1]
+    finally:
+        worker.stop()
+
+
+def ingest(worker: Worker, requests: list[tuple[str, bytes, int]], window_s: float) -> dict[str, Any]:
+    """Post the backfill serially (the pipeline starts at once); then watch delivery for up to
+    ``window_s``."""
+    started = time.monotonic()
+    base = worker.metrics()
+    docs_by_seq, accepted = post_all(worker, requests)
     posted_s = time.monotonic() - started
 
     samples = []  # (t, documents delivered, vectors written)
@@ -219,12 +254,7 @@ def ingest(worker: Worker, requests: list[tuple[str, bytes, int]], window_s: flo
     embed_s = m.get("memory_worker_embedding_seconds_total", 0.0) - base.get("memory_worker_embedding_seconds_total", 0.0)
     return {
         "requests": len(requests), "bytes": sum(len(b) for _, b, _ in requests),
-        "documents": sum(n for _, _, n in requests), "posted_s": round(posted_s, 2),
-        "accept_ms_p50": round(pct(ms(accept), 50), 1), "accept_ms_p99": round(pct(ms(accept), 99), 1),
-        "accept_1mib_n": len(accept_1mib),
-        "accept_1mib_ms_p50": round(pct(ms(accept_1mib), 50), 1) if accept_1mib else None,
-        "accept_1mib_ms_p99": round(pct(ms(accept_1mib), 99), 1) if accept_1mib else None,
-        "accept_1mib_ms_max": round(max(ms(accept_1mib)), 1) if accept_1mib else None,
+        "documents": sum(n for _, _, n in requests), "posted_s": round(posted_s, 2), **accepted,
         "window_s": round(t_end, 1), "documents_delivered": docs_done, "chunks_written": int(chunks_done),
         "documents_per_s": round(docs_done / t_end, 2), "chunks_per_s": round(chunks_done / t_end, 2),
         "embedding_s": round(embed_s, 1), "embedding_share": round(embed_s / t_end, 2) if t_end else None,
@@ -359,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queries", type=int, default=100)
     p.add_argument("--device", default="auto")
     p.add_argument("--cpu-threads", type=int, help="embedding.cpu_threads for the ingest phase")
+    p.add_argument("--compare-pass-bytes", action="store_true",
+                   help="also run ingest with the old unbounded sink pass (64 entries, any size)")
     p.add_argument("--skip", nargs="*", default=[], choices=["ingest", "freshness", "query"])
     p.add_argument("--keep", action="store_true", help="keep the temp dir")
     p.add_argument("--json", type=Path, help="also write the results here")
@@ -376,12 +408,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ingest: {len(requests)} requests, {sum(len(b) for _, b, _ in requests) / 2**20:.1f} MiB",
               flush=True)
         embedding = {"device": args.device, **({"cpu_threads": args.cpu_threads} if args.cpu_threads else {})}
-        worker = Worker(root / "ingest", store=root / "ingest" / "lancedb", embedding=embedding)
-        try:
-            results["ingest"] = ingest(worker, requests, args.window_s)
-        finally:
-            worker.stop()
-        print(json.dumps(results["ingest"]), flush=True)
+        results["accept idle"] = accept_idle(root / "accept", requests, embedding)
+        print("accept, idle pipeline", json.dumps(results["accept idle"]), flush=True)
+        runs = {"ingest": None}
+        if args.compare_pass_bytes:
+            runs = {"ingest, unbounded pass (before)": 1 << 62, "ingest": None}
+        for n, (label, pass_max_bytes) in enumerate(runs.items()):
+            worker = Worker(root / f"ingest-{n}", store=root / f"ingest-{n}" / "lancedb", embedding=embedding,
+                            pass_max_bytes=pass_max_bytes)
+            try:
+                results[label] = ingest(worker, requests, args.window_s)
+            finally:
+                worker.stop()
+            print(label, json.dumps(results[label]), flush=True)
 
     # Each latency phase runs per variant: the default config; embedding.max_wait_ms = 0, which
     # is what a flush-when-idle engine would give a lone request; and that plus one intra-op
