@@ -56,7 +56,8 @@ from worker.chunk import Chunker  # noqa: E402
 from worker.config import BindingConfig  # noqa: E402
 from worker.documents import Binding  # noqa: E402
 from worker.embed import Embedder, check_int8_quality, resolve_weights  # noqa: E402
-from worker.engine import EmbeddingEngine, autotune_budget  # noqa: E402
+from worker.engine import EmbeddingEngine  # noqa: E402
+from worker.engine_pool import autotune_budget  # noqa: E402
 from worker.errors import DocumentInvalid  # noqa: E402
 from worker.modelspec import load_spec  # noqa: E402
 from worker.records import Chunk, FlowDocument  # noqa: E402

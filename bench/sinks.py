@@ -57,7 +57,8 @@ def _records(n: int, dim: int, text_chars: int, seed: int = 0) -> list:
 def pinecone_throughput(records: int = 5000, dim: int = 384, parallel: int = 8, *,
                         text_chars: int = 1000) -> dict[str, Any]:
     """Upsert ``records`` vectors through :class:`PineconeSink`; vectors/s and what it took."""
-    from worker.config import PineconeSinkConfig, RetryConfig
+    from worker.config import RetryConfig
+    from worker.sinks.pinecone import PineconeSinkConfig
     from worker.sinks.pinecone import PineconeSink
 
     ctx = multiprocessing.get_context("spawn")
@@ -95,7 +96,8 @@ def _serve_weaviate(conn: Any) -> None:
 def weaviate_throughput(records: int = 5000, dim: int = 384, parallel: int = 2, *,
                         batch_objects: int = 200, text_chars: int = 1000) -> dict[str, Any]:
     """Insert ``records`` vectors through :class:`WeaviateSink` (gRPC ``insert_many`` slices)."""
-    from worker.config import RetryConfig, WeaviateSinkConfig
+    from worker.config import RetryConfig
+    from worker.sinks.weaviate import WeaviateSinkConfig
     from worker.sinks.weaviate import WeaviateSink
 
     ctx = multiprocessing.get_context("spawn")

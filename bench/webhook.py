@@ -148,7 +148,7 @@ class Worker:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         command = [sys.executable, "-m", "worker.cli", "run", "--config", str(self.config)]
         if pass_max_bytes is not None:  # only for the before/after comparison of the pass bound
-            command = [sys.executable, "-c", "import sys, worker.service as s; from worker.cli import main; "
+            command = [sys.executable, "-c", "import sys, worker.delivery as s; from worker.cli import main; "
                        f"s.PASS_MAX_BYTES = {pass_max_bytes}; sys.exit(main(sys.argv[1:]))", *command[3:]]
         self.proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300

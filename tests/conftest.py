@@ -80,6 +80,27 @@ def runtime_factory(tmp_path, embedder):
         rt.close()
 
 
+@pytest.fixture
+def service_factory(tmp_path, embedder):
+    """Build services (``memory-worker run`` minus HTTP) that share the session's model; all
+    are drained and closed at teardown. ``service_factory(config=None, **build_service_kwargs)``."""
+    from worker.metrics import Metrics
+    from worker.runtime import build_service
+
+    built = []
+
+    def factory(config=None, **kwargs):
+        kwargs.setdefault("metrics", Metrics())
+        service = build_service(config or make_config(tmp_path), {}, embedder=embedder, **kwargs)
+        built.append(service)
+        return service
+
+    yield factory
+    for service in built:
+        service.drain(30)
+        service.close()
+
+
 def load_stream(collection: str) -> list[dict]:
     import orjson
 

@@ -322,44 +322,27 @@ def stream_topics(broker):
 
 
 class InProcessWorker:
-    """Spool + intake + DekafSource + a SinkLoop over one runtime: `memory-worker run` minus HTTP."""
+    """``memory-worker run`` minus HTTP (built by ``build_service``), with a test registry."""
 
-    def __init__(self, rt, registry, **source_kwargs) -> None:
-        from worker.dekaf import DekafSource
-        from worker.intake import Intake
-        from worker.metrics import Metrics
-        from worker.service import SinkLoop
-        from worker.spool import Spool
-
-        self.rt = rt
-        self.metrics = Metrics()
-        self.spool = Spool(rt.config.state_dir / "spool.sqlite", sinks=list(rt.sinks), max_bytes=1 << 30)
-        intake = Intake(bindings=rt.bindings, spool=self.spool, dead_letters=rt.dead_letters, max_depth=128)
-        self.source = DekafSource(rt.config.sources.dekaf, bindings=rt.bindings, intake=intake,
-                                  dead_letters=rt.dead_letters, metrics=self.metrics, registry=registry,
-                                  delivered_seq=self.delivered, **source_kwargs)
-        self.loop = SinkLoop("local", spool=self.spool, pipeline=rt.pipeline, bindings=rt.bindings,
-                             metrics=self.metrics, batch_entries=64, poll_interval_s=0.05)
-
-    def delivered(self) -> int:
-        return min(p.delivered_seq for p in self.spool.positions())
+    def __init__(self, service) -> None:
+        self.service = service
+        self.rt = service.rt
+        self.metrics = service.metrics
+        self.source = service.dekaf
+        self.spool = service.spool
 
     def start(self):
-        self.loop.start()
-        self.source.start()
+        self.service.start()
         return self
 
     def caught_up(self, partitions: int = 3 * PARTITIONS) -> bool:
         status = self.source.status()
         rows = status["assignment"]
         return (len(rows) == partitions and all(r["lag"] == 0 for r in rows)
-                and self.spool.positions()[0].behind_entries == 0)
+                and all(s["behind_entries"] == 0 for s in self.service.status_report()["sinks"].values()))
 
     def stop(self) -> None:
-        self.source.stop(30)
-        self.loop.stopping.set()
-        self.loop.join(30)
-        self.spool.close()
+        self.service.drain(30)
 
 
 def dekaf_config(tmp_path, broker, topics, group, stream_cache, registry_url="mock://unused", **extra):
@@ -392,13 +375,15 @@ def high_watermarks(broker: str, topics) -> dict[tuple[str, int], int]:
         consumer.close()
 
 
-def test_stream_through_dekaf_equals_webhook_path(broker, stream_topics, tmp_path, runtime_factory,
+def test_stream_through_dekaf_equals_webhook_path(broker, stream_topics, tmp_path, service_factory,
                                                   stream_cache, indexed_stream):
     topics, registry, count = stream_topics
     group = f"g-{uuidlib.uuid4().hex[:6]}"
-    rt = runtime_factory(dekaf_config(tmp_path, broker, topics, group, stream_cache, max_batch_messages=7))
+    service = service_factory(dekaf_config(tmp_path, broker, topics, group, stream_cache, max_batch_messages=7),
+                              dekaf_options={"registry": registry})
+    rt = service.rt
     assert rt.pipeline.verify_with_sink  # several workers may share the sinks
-    worker = InProcessWorker(rt, registry).start()
+    worker = InProcessWorker(service).start()
     try:
         _wait(worker.caught_up, 90, "the worker to catch up")
         status = worker.source.status()
@@ -419,14 +404,14 @@ def test_stream_through_dekaf_equals_webhook_path(broker, stream_topics, tmp_pat
     assert_same_store(rt.sinks["local"].rows(), indexed_stream.sink.rows())
 
 
-def test_spooled_but_uncommitted_batches_replay_harmlessly(broker, stream_topics, tmp_path, runtime_factory,
+def test_spooled_but_uncommitted_batches_replay_harmlessly(broker, stream_topics, tmp_path, service_factory,
                                                            stream_cache, indexed_stream):
     """A crash between Spool.append and the commit: the next owner re-reads, the store is exact."""
     from confluent_kafka import Consumer
 
     topics, registry, count = stream_topics
     group = f"g-{uuidlib.uuid4().hex[:6]}"
-    rt = runtime_factory(dekaf_config(tmp_path, broker, topics, group, stream_cache, max_batch_messages=7))
+    config = dekaf_config(tmp_path, broker, topics, group, stream_cache, max_batch_messages=7)
 
     class NeverCommits:  # every commit is "lost in the crash"
         def __init__(self, settings):
@@ -438,20 +423,22 @@ def test_spooled_but_uncommitted_batches_replay_harmlessly(broker, stream_topics
         def __getattr__(self, name):
             return getattr(self._consumer, name)
 
-    first = InProcessWorker(rt, registry, consumer_factory=NeverCommits).start()
+    first = InProcessWorker(service_factory(config, dekaf_options={
+        "registry": registry, "consumer_factory": NeverCommits})).start()
     try:
         _wait(first.caught_up, 90, "the first worker to spool everything")
     finally:
         first.stop()
     assert all(o < 0 for o in committed_offsets(broker, group, topics.values()).values())
 
-    second = InProcessWorker(rt, registry).start()
+    first.service.close()
+    second = InProcessWorker(service_factory(config, dekaf_options={"registry": registry})).start()
     try:
         _wait(second.caught_up, 90, "the second worker to catch up")
         assert second.source.status()["messages"] == count  # everything read again
     finally:
         second.stop()
-    assert_same_store(rt.sinks["local"].rows(), indexed_stream.sink.rows())
+    assert_same_store(second.rt.sinks["local"].rows(), indexed_stream.sink.rows())
 
 
 def test_replay_from_beginning_into_an_empty_store(broker, stream_topics, tmp_path, runtime_factory,

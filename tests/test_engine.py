@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from worker.config import EmbeddingConfig
-from worker.engine import EmbeddingEngine, EnginePool, autotune_budget, build_engine
+from worker.engine import EmbeddingEngine
+from worker.engine_pool import EnginePool, autotune_budget, build_engine
 from worker.errors import ModelError
 from worker.records import Chunk
 
@@ -343,3 +344,36 @@ def test_a_priority_request_goes_ahead_of_a_backlog():
     # Behind at most the batch being run and the one prefetched (plus the one being handed over).
     assert order.index(query[0].token_ids) < 4 * (1024 // 200)
     assert len(order) == 121
+
+
+def test_concurrent_submits_of_the_same_chunks_share_one_model_row_each():
+    """In-flight dedupe: three callers (three sinks' worth) asking for the same 50 chunks while
+    the model is busy get their vectors from 50 model rows, not 150."""
+    backend = FakeBackend()
+    backend.gate = threading.Event()  # hold the model so all three submits overlap
+    rng = random.Random(7)
+    chunks = random_chunks(rng, 50)
+    with EmbeddingEngine(backend, max_batch_tokens=4096, max_wait_ms=1) as engine:
+        pending = [engine.submit(chunks) for _ in range(3)]
+        backend.gate.set()
+        results = [p.result(WAIT_S) for p in pending]
+    rows = sum(len(call) for call in backend.calls)
+    assert rows == len({c.content_hash for c in chunks}) == 50
+    for out in results:
+        assert_exact(out, chunks)
+    assert engine.stats.inflight_shared == 100 and engine.stats.chunks == 50
+
+
+def test_a_shared_row_that_fails_fails_every_waiter_and_leaves_nothing_in_flight():
+    backend = FakeBackend(fail_on=999)
+    chunk = make_chunk([101, 999, 102])
+    backend.gate = threading.Event()
+    with EmbeddingEngine(backend, max_batch_tokens=4096, max_wait_ms=1) as engine:
+        pending = [engine.submit([chunk]) for _ in range(2)]
+        backend.gate.set()
+        for p in pending:
+            with pytest.raises(ValueError, match="model exploded"):
+                p.result(WAIT_S)
+        assert engine._inflight == {}
+        backend.fail_on = None
+        assert_exact(engine.embed([chunk]), [chunk])  # a later submit runs it afresh

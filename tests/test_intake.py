@@ -30,7 +30,7 @@ def assert_nothing_kept(client, service) -> None:  # noqa: ANN001
     """A refused request leaves no trace: nothing spooled, nothing dead-lettered."""
     status = client.status()
     assert status["spool"]["depth"] == 0 and status["dead_letters"] == 0
-    assert service.spool.read("local", limit=10) == []
+    assert service.spool.read(limit=10) == []
 
 
 # -- auth -------------------------------------------------------------------------------------------

@@ -91,7 +91,7 @@ def test_empty_document_is_recorded_not_dead_lettered(indexed_stream):
     empty = [d for d, t in truth.items() if t["raw"]["_meta"]["op"] != "d"
              and "body" in t["raw"] and not t["raw"]["body"]]
     assert empty, "the stream should hold a GitHub document with a null body"
-    held = indexed_stream.runtime.pipeline.stored("local", empty)
+    held = indexed_stream.runtime.writers["local"].stored(empty)
     for doc_id in empty:
         assert held[doc_id].chunk_count == 0 and not held[doc_id].deleted
     assert indexed_stream.runtime.dead_letters.count() == 0
@@ -176,7 +176,7 @@ def test_delete_removes_every_chunk_of_its_document(runtime_factory):
     assert stats.deleted == 1 and stats.chunks == 0
     assert rows_of(rt) == []
     assert len(rows_of(rt, "I_2")) == 3  # other documents untouched
-    assert rt.pipeline.stored("local", ["github:I_1"])["github:I_1"].deleted
+    assert rt.writers["local"].stored(["github:I_1"])["github:I_1"].deleted
 
 
 @pytest.mark.parametrize("new_sections", [2, 0, None])

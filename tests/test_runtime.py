@@ -9,7 +9,7 @@ from tests.conftest import make_config
 
 
 def test_one_engine_per_listed_device(tmp_path, runtime_factory):
-    from worker.engine import EnginePool
+    from worker.engine_pool import EnginePool
 
     rt = runtime_factory(make_config(tmp_path, embedding={"devices": ["cpu", "cpu"], "max_wait_ms": 5}))
     assert isinstance(rt.engine, EnginePool)

@@ -183,16 +183,12 @@ def serving(service, *, deliver: bool = True) -> Iterator[Client]:  # noqa: ANN0
 
 
 @pytest.fixture
-def start_worker(runtime_factory):
+def start_worker(service_factory):
     """``start_worker(config=None, deliver=True) -> (Client, Service)``, stopped at teardown."""
-    from worker.metrics import Metrics
-    from worker.service import Service
-
     stack = contextlib.ExitStack()
 
     def start(config=None, *, deliver: bool = True):  # noqa: ANN001, ANN202
-        metrics = Metrics()
-        service = Service(runtime_factory(config, metrics=metrics), metrics)
+        service = service_factory(config)
         return stack.enter_context(serving(service, deliver=deliver)), service
 
     with stack:
@@ -524,7 +520,8 @@ def test_health_and_readiness_and_draining(start_worker):
     client, service = start_worker()
     assert client.http.get("/healthz").status_code == 200
     ready = client.http.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["sinks"] == {"local": True}
+    assert ready.status_code == 200 and ready.json()["spool"] is True
+    assert ready.json()["parked"] == {}
 
     assert service.drain(30)
     assert client.http.get("/healthz").status_code == 200

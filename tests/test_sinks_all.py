@@ -147,14 +147,11 @@ def _wait(predicate, timeout_s=180.0):
 
 
 def test_a_down_sink_delays_only_itself_and_catches_up_without_reembedding(tmp_path, emulators,
-                                                                         runtime_factory):
-    from worker.metrics import Metrics
-    from worker.service import Service
-
+                                                                         service_factory):
     pc, wv = emulators
     config = three_sink_config(tmp_path, pc, wv)
-    rt = runtime_factory(config)
-    service = Service(rt, Metrics())
+    service = service_factory(config)
+    rt = service.rt
     service.start()
     try:
         wv.set_down(True)
@@ -164,7 +161,7 @@ def test_a_down_sink_delays_only_itself_and_catches_up_without_reembedding(tmp_p
             service.intake.accept(slack, orjson.dumps(stream[start:start + 5]))
 
         def behind():
-            return {p.sink: p.behind_entries for p in service.spool.positions()}
+            return {name: s["behind_entries"] for name, s in service.status_report()["sinks"].items()}
 
         assert _wait(lambda: behind()["local"] == 0 and behind()["pinecone"] == 0)
         assert behind()["weaviate"] > 0
@@ -179,7 +176,6 @@ def test_a_down_sink_delays_only_itself_and_catches_up_without_reembedding(tmp_p
         assert service.spool.depth() == 0
     finally:
         service.drain(10)
-        service.close()
 
 
 def test_redelivering_the_stream_calls_no_model_and_writes_no_vectors(tmp_path, emulators,

@@ -17,7 +17,8 @@ import orjson
 import pytest
 from pinecone._internal import http_client as sdk_http
 
-from worker.config import BindingConfig, PineconeSinkConfig, RetryConfig
+from worker.config import BindingConfig, RetryConfig
+from worker.sinks.pinecone import PineconeSinkConfig
 from worker.errors import ConfigError, SinkMismatch, SinkUnavailable
 from worker.ids import document_id
 from worker.records import Chunk, ChunkedDocument, FlowDocument, QueryFilter, StoredDocument

@@ -22,13 +22,15 @@ from weaviate.classes.init import AdditionalConfig, Auth, Timeout
 import tests.emulators.weaviate as emulator_module
 from tests.conftest import load_stream
 from tests.emulators.weaviate import WeaviateEmulator
-from worker.config import BindingConfig, RetryConfig, WeaviateSinkConfig
+from worker.config import BindingConfig, RetryConfig
+from worker.sinks.weaviate import WeaviateSinkConfig
 from worker.documents import Binding
 from worker.errors import ConfigError, SinkMismatch, SinkUnavailable
 from worker.ids import chunk_uuid, document_id
 from worker.records import QueryFilter, VectorRecord
 from worker.sinks.base import build_records, stored_from_metadata
-from worker.sinks.weaviate import ID_PROPERTIES, WeaviateSink, object_error_kind
+from worker.sinks.weaviate import WeaviateSink
+from worker.sinks.weaviate_wire import ID_PROPERTIES, object_error_kind
 
 COLLECTION = "MemoryChunk"
 FAST = RetryConfig(max_attempts=5, max_elapsed_s=30, initial_backoff_s=0.01, max_backoff_s=0.05)

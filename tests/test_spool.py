@@ -1,4 +1,6 @@
-"""The spool between the webhook and the sinks: durable appends, per-sink cursors, a disk budget."""
+"""The spool between the sources and the prepare stage: durable appends, one reader, a disk budget.
+
+Per-sink cursors live in the prepared store now: tests/test_prepared.py."""
 
 from __future__ import annotations
 
@@ -25,9 +27,18 @@ class Clock:
         return self.now
 
 
-def open_spool(tmp_path, sinks=("local", "pinecone"), max_bytes=64 * MiB, clock=None) -> Spool:  # noqa: ANN001
-    return Spool(tmp_path / "spool.sqlite", sinks=list(sinks), max_bytes=max_bytes,
-                 **({"clock": clock} if clock else {}))
+def open_spool(tmp_path, max_bytes=64 * MiB, clock=None) -> Spool:  # noqa: ANN001
+    return Spool(tmp_path / "spool.sqlite", max_bytes=max_bytes, **({"clock": clock} if clock else {}))
+
+
+def release(spool: Spool, first: int, last: int) -> None:
+    """What the prepare stage does with entries it prepared: commit (here: an empty record)."""
+    from worker.prepared import PreparedStore
+    from worker.records import PreparedRecord
+
+    store = PreparedStore(spool, sinks=["local"], max_bytes=MiB, dimensions=4)
+    store.commit(PreparedRecord([], {}), spool_first=first, spool_last=last, received_at=0.0)
+    store.close()
 
 
 def body(n: int, size: int = 100) -> bytes:
@@ -44,7 +55,7 @@ def test_appended_entries_are_there_after_reopening(tmp_path):
     spool.close()
 
     spool = open_spool(tmp_path)
-    entries = spool.read("local", limit=10)
+    entries = spool.read(limit=10)
     assert seqs(entries) == appended
     assert [orjson.loads(e.body)[0]["n"] for e in entries] == [0, 1, 2]
     assert {e.collection for e in entries} == {SLACK} and {e.documents for e in entries} == {1}
@@ -58,7 +69,7 @@ def test_an_acknowledged_append_survives_kill_9(tmp_path):
         import sys, time
         from pathlib import Path
         from worker.spool import Spool
-        spool = Spool(Path({str(tmp_path / "spool.sqlite")!r}), sinks=["local"], max_bytes=1 << 30)
+        spool = Spool(Path({str(tmp_path / "spool.sqlite")!r}), max_bytes=1 << 30)
         for n in range(50):
             seq = spool.append("c", b'[{{"n": %d}}]' % n, 1)
             print(seq, flush=True)
@@ -72,120 +83,58 @@ def test_an_acknowledged_append_survives_kill_9(tmp_path):
         proc.wait()
         proc.stdout.close()
 
-    spool = open_spool(tmp_path, sinks=["local"])
-    held = seqs(spool.read("local", limit=100))
+    spool = open_spool(tmp_path)
+    held = seqs(spool.read(limit=100))
     assert held[:20] == acknowledged
     assert held == list(range(1, len(held) + 1))  # whatever else made it is whole and in order
     spool.close()
 
 
-def test_each_sink_has_its_own_cursor(tmp_path):
-    spool = open_spool(tmp_path)
-    s = [spool.append(SLACK, body(i), 1) for i in range(4)]
-    spool.confirm("local", s[2])
-
-    assert seqs(spool.read("local", limit=10)) == s[3:]
-    assert seqs(spool.read("pinecone", limit=10)) == s
-    assert seqs(spool.read("pinecone", limit=2)) == s[:2]
-    positions = {p.sink: p for p in spool.positions()}
-    assert (positions["local"].delivered_seq, positions["local"].behind_entries) == (s[2], 1)
-    assert (positions["pinecone"].delivered_seq, positions["pinecone"].behind_entries) == (0, 4)
-    spool.close()
-
-    spool = open_spool(tmp_path)  # cursors are durable too
-    assert seqs(spool.read("local", limit=10)) == s[3:]
-    assert seqs(spool.read("pinecone", limit=10)) == s
-    spool.close()
-
-
-def test_an_entry_is_deleted_only_once_every_sink_confirmed_it(tmp_path):
-    spool = open_spool(tmp_path)
-    s = [spool.append(SLACK, body(i), 1) for i in range(3)]
-    spool.confirm("local", s[-1])
-    assert spool.depth() == 3  # pinecone still needs all three
-
-    spool.confirm("pinecone", s[0])
-    assert spool.depth() == 2 and spool.bytes == len(body(1)) + len(body(2))
-    spool.confirm("pinecone", s[-1])
-    assert spool.depth() == 0 and spool.bytes == 0 and spool.oldest_age_s() is None
-
-
-def test_a_cursor_never_moves_backwards(tmp_path):
-    spool = open_spool(tmp_path)
-    s = [spool.append(SLACK, body(i), 1) for i in range(3)]
-    spool.confirm("local", s[2])
-    spool.confirm("local", s[0])  # a stale confirmation (e.g. a slow pass finishing late)
-    assert {p.sink: p.delivered_seq for p in spool.positions()}["local"] == s[2]
-    assert spool.read("local", limit=10) == []
-
-
-def test_a_sink_added_later_gets_what_the_spool_still_holds(tmp_path):
-    spool = open_spool(tmp_path, sinks=["local"])
-    s = [spool.append(SLACK, body(i), 1) for i in range(3)]
-    spool.confirm("local", s[0])
-    spool.close()
-
-    spool = open_spool(tmp_path, sinks=["local", "weaviate"])
-    assert seqs(spool.read("weaviate", limit=10)) == s[1:]
-    assert seqs(spool.read("local", limit=10)) == s[1:]
-    spool.close()
-
-
-def test_a_removed_sink_does_not_hold_entries_forever(tmp_path):
-    spool = open_spool(tmp_path, sinks=["local", "pinecone"])
-    s = [spool.append(SLACK, body(i), 1) for i in range(2)]
-    spool.close()
-
-    spool = open_spool(tmp_path, sinks=["local"])  # pinecone taken out of the config
-    spool.confirm("local", s[-1])
-    assert spool.depth() == 0
-
-
-def test_errors_show_per_sink_until_the_next_confirmation(tmp_path):
+def test_entries_are_read_in_order_and_leave_with_their_prepared_record(tmp_path):
     clock = Clock()
     spool = open_spool(tmp_path, clock=clock)
-    seq = spool.append(SLACK, body(0), 1)
+    s = [spool.append(SLACK, body(i), 1) for i in range(4)]
     clock.now += 42
-    spool.record_error("pinecone", "SinkUnavailable: 503 from the index")
-    positions = {p.sink: p for p in spool.positions()}
-    assert positions["pinecone"].last_error == "SinkUnavailable: 503 from the index"
-    assert positions["pinecone"].error_at == clock.now
-    assert positions["pinecone"].oldest_undelivered_age_s == pytest.approx(42)
-    assert spool.oldest_age_s() == pytest.approx(42)
-    assert positions["local"].last_error is None
+    assert seqs(spool.read(limit=2)) == s[:2] and spool.oldest_age_s() == pytest.approx(42)
+    release(spool, s[0], s[1])
+    assert seqs(spool.read(limit=10)) == s[2:]
+    assert spool.depth() == 2 and spool.bytes == len(body(2)) + len(body(3))
+    spool.close()
 
-    spool.confirm("pinecone", seq)
-    positions = {p.sink: p for p in spool.positions()}
-    assert positions["pinecone"].last_error is None
-    assert positions["pinecone"].oldest_undelivered_age_s is None
+    spool = open_spool(tmp_path)  # what was released stays released
+    assert seqs(spool.read(limit=10)) == s[2:] and spool.bytes == len(body(2)) + len(body(3))
+    release(spool, s[2], s[3])
+    assert spool.depth() == 0 and spool.bytes == 0 and spool.oldest_age_s() is None
+    assert spool.append(SLACK, body(9), 1) > s[-1]  # sequence numbers never go back
+    spool.close()
 
 
 def test_over_its_budget_the_spool_refuses_until_sinks_catch_up(tmp_path):
-    spool = open_spool(tmp_path, sinks=["local"], max_bytes=1 * MiB)
+    spool = open_spool(tmp_path, max_bytes=1 * MiB)
     first = spool.append(SLACK, body(0, 600_000), 1)
     with pytest.raises(SpoolFull) as refused:
         spool.append(SLACK, body(1, 600_000), 1)
     assert refused.value.retry_after_s and refused.value.retry_after_s > 0
     assert spool.depth() == 1  # nothing half-written
 
-    spool.confirm("local", first)
+    release(spool, first, first)
     spool.append(SLACK, body(1, 600_000), 1)
     assert spool.depth() == 1
 
 
 def test_one_request_bigger_than_the_whole_budget_still_gets_in_when_empty(tmp_path):
     """Otherwise a single 16 MB document would be refused forever and stall Estuary."""
-    spool = open_spool(tmp_path, sinks=["local"], max_bytes=1 * MiB)
+    spool = open_spool(tmp_path, max_bytes=1 * MiB)
     spool.append(SLACK, body(0, 2 * MiB), 1)
     with pytest.raises(SpoolFull):
         spool.append(SLACK, body(1, 10), 1)
 
 
 def test_the_budget_survives_a_restart(tmp_path):
-    spool = open_spool(tmp_path, sinks=["local"], max_bytes=1 * MiB)
+    spool = open_spool(tmp_path, max_bytes=1 * MiB)
     spool.append(SLACK, body(0, 600_000), 1)
     spool.close()
-    spool = open_spool(tmp_path, sinks=["local"], max_bytes=1 * MiB)
+    spool = open_spool(tmp_path, max_bytes=1 * MiB)
     with pytest.raises(SpoolFull):
         spool.append(SLACK, body(1, 600_000), 1)
 
@@ -210,37 +159,13 @@ def test_webhook_answers_503_with_retry_after_while_the_spool_is_over_budget(sta
     assert client.post(SLACK, big[::-1]).status_code == 200
 
 
-def test_a_failed_confirm_leaves_no_open_transaction_behind(tmp_path):
-    """If confirm() fails midway (disk full, I/O error), later appends must still commit."""
-    import sqlite3
-
-    spool = open_spool(tmp_path, sinks=["local"])
-    seq = spool.append(SLACK, body(0), 1)
-    # Make the DELETE inside confirm() fail, as a full disk would.
-    spool._conn.execute("CREATE TRIGGER fail_delete BEFORE DELETE ON entries "
-                        "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")
-    with pytest.raises(sqlite3.DatabaseError):
-        spool.confirm("local", seq)
-    spool._conn.execute("DROP TRIGGER fail_delete")
-    appended = spool.append(SLACK, body(1), 1)
-
-    other = sqlite3.connect(str(tmp_path / "spool.sqlite"))  # what a restart would find
-    try:
-        held = [r[0] for r in other.execute("SELECT seq FROM entries ORDER BY seq")]
-        cursor = other.execute("SELECT seq FROM cursors WHERE sink = 'local'").fetchone()[0]
-    finally:
-        other.close()
-    assert held == [seq, appended]
-    assert cursor == 0  # the failed confirm did not half-apply
-
-
 def test_a_read_stops_at_its_byte_budget_but_always_returns_one_entry(tmp_path):
-    """A sink pass is written and confirmed whole, so it must not swallow 64 MiB of backlog."""
-    spool = open_spool(tmp_path, sinks=["local"])
+    """A prepare pass is embedded and committed whole, so it must not swallow 64 MiB of backlog."""
+    spool = open_spool(tmp_path)
     s = [spool.append(SLACK, body(i, 400_000), 1) for i in range(4)]  # ~400 KB each
-    assert seqs(spool.read("local", limit=64, max_bytes=1_000_000)) == s[:3]  # stops at the crossing
-    assert seqs(spool.read("local", limit=2, max_bytes=1_000_000)) == s[:2]
-    assert seqs(spool.read("local", limit=64, max_bytes=10)) == s[:1]
-    assert seqs(spool.read("local", limit=64)) == s
-    spool.confirm("local", s[2])
-    assert seqs(spool.read("local", limit=64, max_bytes=1_000_000)) == s[3:]
+    assert seqs(spool.read(limit=64, max_bytes=1_000_000)) == s[:3]  # stops at the crossing
+    assert seqs(spool.read(limit=2, max_bytes=1_000_000)) == s[:2]
+    assert seqs(spool.read(limit=64, max_bytes=10)) == s[:1]
+    assert seqs(spool.read(limit=64)) == s
+    release(spool, s[0], s[2])
+    assert seqs(spool.read(limit=64, max_bytes=1_000_000)) == s[3:]

@@ -12,16 +12,14 @@ vectors or none; the vectors are recomputed on the next delivery either way.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from worker.sqlite import connect
+from worker.sqlite import connect, transaction as _transaction
 
 
 class EmbeddingCache:
@@ -82,14 +80,3 @@ class EmbeddingCache:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
-
-
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    conn.execute("BEGIN")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")

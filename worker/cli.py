@@ -16,7 +16,9 @@ import orjson
 
 from worker.config import WorkerConfig, load_config, masked
 from worker.errors import FatalError, WorkerError
+from worker.query import parse_time
 from worker.records import QueryFilter
+from worker.sinks.registry import SINKS
 
 DEFAULT_CONFIG = "configs/local.yaml"
 GROUP_DOCS = 256  # documents per pipeline pass during reindex
@@ -184,18 +186,6 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_time(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=timezone.utc)
-        return dt.timestamp()
-
-
 def cmd_query(args: argparse.Namespace) -> int:
     from worker.runtime import build_sinks, load_model
 
@@ -204,7 +194,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     name = args.sink or config.sinks.names()[0]
     sink = build_sinks(config, only=name)[name]
     where = QueryFilter(source=args.source, collection=args.collection,
-                        published_after=_parse_time(args.after), published_before=_parse_time(args.before))
+                        published_after=parse_time(args.after), published_before=parse_time(args.before))
     hits = sink.query(embedder.embed_query(args.text), args.k, where)
     sink.close()
     if args.json:
@@ -222,9 +212,13 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from worker.service import serve
+    from worker import logs
+    from worker.runtime import build_service
+    from worker.service import run_server
 
-    return serve(_config(args), _env())
+    config = _config(args)
+    logs.setup(config.log_level, config.log_format)
+    return run_server(build_service(config, _env()))
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
@@ -299,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--group", help="with --from-dekaf: consumer group (default: a new one per run)")
     sp.add_argument("--from-beginning", action="store_true",
                     help="with --from-dekaf: start at the beginning even if the group committed offsets")
-    sp.add_argument("--sink", choices=["local", "pinecone", "weaviate"], help="only this sink")
+    sp.add_argument("--sink", choices=list(SINKS), help="only this sink")
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.add_argument("--progress", action="store_true", help="progress bar even when not a TTY")
@@ -314,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--collection")
     sp.add_argument("--after", help="published at or after (ISO 8601 or unix seconds)")
     sp.add_argument("--before", help="published before (ISO 8601 or unix seconds)")
-    sp.add_argument("--sink", choices=["local", "pinecone", "weaviate"])
+    sp.add_argument("--sink", choices=list(SINKS))
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_query)
 

@@ -16,27 +16,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import BaseModel, Field, SecretStr, ValidationError, create_model, model_validator
 
+from worker.configbase import RetryConfig, Strict
 from worker.errors import ConfigError
+from worker.sinks.registry import SINKS
+
+__all__ = ["RetryConfig", "Strict", "WorkerConfig", "load_config", "masked", "parse_config"]
 
 PRESETS = ("gong_call", "slack_message", "github_document")
 CHUNKERS = ("transcript", "slack", "markdown", "plain")
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _empty_is_unset(cls, value: Any, info: ValidationInfo) -> Any:
-        """``${VAR:-}`` gives ""; for an optional key that means "not set"."""
-        if value == "" and info.field_name is not None:
-            field = cls.model_fields[info.field_name]
-            if not field.is_required() and field.default is None:
-                return None
-        return value
 
 
 class BindingConfig(Strict):
@@ -111,58 +100,30 @@ class ServerConfig(Strict):
 
 class SpoolConfig(Strict):
     max_bytes: int = Field(default=4 * 1024**3, ge=1024 * 1024)
-    #: Entries handed to the pipeline at once, per sink.
+    #: Entries one prepare pass takes at once (and at most ~1 MiB of bodies).
     batch_entries: int = Field(default=64, ge=1)
     poll_interval_s: float = Field(default=0.05, gt=0)
 
 
-class RetryConfig(Strict):
-    """Bounded retry with exponential backoff and full jitter, used by every sink."""
+class PreparedConfig(Strict):
+    """The prepared store (chunks + vectors held until every sink has them)."""
 
-    max_attempts: int = Field(default=6, ge=1)
-    max_elapsed_s: float = Field(default=60.0, gt=0)
-    initial_backoff_s: float = Field(default=0.5, gt=0)
-    max_backoff_s: float = Field(default=20.0, gt=0)
-
-
-class LocalSinkConfig(Strict):
-    path: Path = Path("data/lancedb")
-    table: str = "chunks"
+    #: While the slowest sink is this many bytes of prepared records behind, preparation pauses
+    #: (the spool keeps accepting until ``spool.max_bytes``). ~3 KB per 384-d chunk.
+    max_bytes: int = Field(default=2 * 1024**3, ge=1024 * 1024)
 
 
-class PineconeSinkConfig(Strict):
-    api_key: SecretStr
-    index: str
-    namespace: str = ""
-    index_host: str | None = None
-    controller_host: str | None = None
-    cloud: str = "aws"
-    region: str = "us-east-1"
-    timeout_s: float = Field(default=10.0, gt=0)
-    max_parallel_requests: int = Field(default=8, ge=1, le=64)
-    max_request_bytes: int = Field(default=2 * 1000 * 1000, ge=64 * 1024)
-    max_request_vectors: int = Field(default=1000, ge=1, le=1000)
+#: ``sinks:``: one optional section per registered sink (``worker/sinks/registry.py``).
+SinksConfig = create_model("SinksConfig", __base__=Strict,
+                           **{name: (kind.config | None, None) for name, kind in SINKS.items()})
 
 
-class WeaviateSinkConfig(Strict):
-    url: str
-    grpc_host: str | None = None
-    grpc_port: int = 50051
-    grpc_secure: bool | None = None
-    api_key: SecretStr | None = None
-    collection: str = "MemoryChunk"
-    timeout_s: float = Field(default=10.0, gt=0)
-    batch_objects: int = Field(default=200, ge=1)
-    max_parallel_requests: int = Field(default=2, ge=1, le=16)
+def _sink_names(self: Any) -> list[str]:
+    """The configured sinks, in registry order."""
+    return [name for name in SINKS if getattr(self, name) is not None]
 
 
-class SinksConfig(Strict):
-    local: LocalSinkConfig | None = None
-    pinecone: PineconeSinkConfig | None = None
-    weaviate: WeaviateSinkConfig | None = None
-
-    def names(self) -> list[str]:
-        return [n for n in ("local", "pinecone", "weaviate") if getattr(self, n) is not None]
+SinksConfig.names = _sink_names  # type: ignore[attr-defined]
 
 
 class WebhookSourceConfig(Strict):
@@ -215,10 +176,13 @@ class WorkerConfig(Strict):
     embedding: EmbeddingConfig = EmbeddingConfig()
     server: ServerConfig = ServerConfig()
     spool: SpoolConfig = SpoolConfig()
+    prepared: PreparedConfig = PreparedConfig()
     retry: RetryConfig = RetryConfig()
-    sinks: SinksConfig = SinksConfig(local=LocalSinkConfig())
+    sinks: SinksConfig = SinksConfig(local=SINKS["local"].config())  # type: ignore[valid-type]
     sources: SourcesConfig = SourcesConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: ``text``: logfmt lines (``key=value``); ``json``: one JSON object per line, for log shippers.
+    log_format: Literal["text", "json"] = "text"
 
     @model_validator(mode="after")
     def _cross_checks(self) -> WorkerConfig:
@@ -233,8 +197,8 @@ class WorkerConfig(Strict):
                     raise ValueError(f"sources.dekaf.topics: collection {t.collection!r} has no binding; "
                                      "add it to bindings")
         if not self.sinks.names():
-            raise ValueError("no sink configured: set at least one of sinks.local, "
-                             "sinks.pinecone, sinks.weaviate")
+            raise ValueError("no sink configured: set at least one of "
+                             + ", ".join(f"sinks.{name}" for name in SINKS))
         return self
 
     def binding(self, collection: str) -> BindingConfig | None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from worker.sqlite import connect
+from worker.sqlite import connect, transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dead_letters (
@@ -62,11 +62,9 @@ class DeadLetterStore:
             except TypeError:
                 blob = orjson.dumps(repr(raw))
             rows.append((collection, key, stage, reason, now, blob))
-        with self._lock:
-            self._conn.execute("BEGIN")
+        with self._lock, transaction(self._conn):
             self._conn.executemany("INSERT INTO dead_letters (collection, doc_key, stage, reason, "
                                    "created_at, raw) VALUES (?,?,?,?,?,?)", rows)
-            self._conn.execute("COMMIT")
 
     def count(self) -> int:
         with self._lock:
@@ -92,12 +90,10 @@ class DeadLetterStore:
         return None if r is None else DeadLetter(r[0], r[1], r[2], r[3], r[4], r[5], orjson.loads(r[6]))
 
     def remove(self, ids: list[int]) -> int:
-        with self._lock:
-            self._conn.execute("BEGIN")
-            n = 0
+        n = 0
+        with self._lock, transaction(self._conn):
             for i in ids:
                 n += self._conn.execute("DELETE FROM dead_letters WHERE id = ?", (i,)).rowcount
-            self._conn.execute("COMMIT")
         return n
 
     def purge(self, *, collection: str | None = None) -> int:

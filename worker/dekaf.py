@@ -286,6 +286,8 @@ class DekafCounters:
 
 
 class DekafSource:
+    kind = "dekaf"
+
     """Consumes the configured Dekaf topics on its own thread and spools what it reads.
 
     ``delivered_seq`` returns the spool sequence every sink has applied (for the bounded wait

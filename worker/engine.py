@@ -13,8 +13,8 @@ nothing is tokenized here. A device out-of-memory error halves the batch budget 
 same chunks in smaller batches; it reaches the callers only when a single chunk cannot fit, and
 the worker keeps running either way.
 
-:class:`EnginePool` puts one engine on each device of a host (``embedding.devices``) and sends
-each request to the least-loaded engine, splitting large requests across all of them.
+Start-up budget tuning, several devices (:class:`EnginePool`) and the wiring from config live in
+:mod:`worker.engine_pool`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import numpy as np
 
 from worker.batch import Queued, TokenBudgetQueue, plan_batches
 from worker.cache import EmbeddingCache
-from worker.config import EmbeddingConfig
 from worker.errors import ModelError
 from worker.records import Chunk
 
@@ -61,6 +60,23 @@ class _Request:
     error: BaseException | None = None
 
 
+@dataclass(eq=False, slots=True)
+class _Row:
+    """One model row: a unique chunk content in flight, and every request slot waiting for it.
+
+    Concurrent submits of the same content hash attach to the row already queued or running
+    instead of adding a second one (in-flight dedupe; the cache only covers finished work).
+    """
+
+    token_ids: Sequence[int]
+    n_tokens: int
+    key: str | None  # content hash while in flight (None for queries: never shared)
+    waiters: list[tuple[_Request, int]]
+
+    def live(self) -> bool:
+        return any(req.error is None for req, _ in self.waiters)
+
+
 @dataclass(slots=True)
 class EngineStats:
     chunks: int = 0  # embedded by the model (cache hits and duplicates not counted)
@@ -69,6 +85,7 @@ class EngineStats:
     batches: int = 0
     seconds: float = 0.0  # inference-thread time in the model
     cache_hits: int = 0
+    inflight_shared: int = 0  # rows another request already had in flight (not run again)
     oom_backoffs: int = 0
 
     def add(self, other: EngineStats) -> None:
@@ -122,13 +139,14 @@ class EmbeddingEngine:
         self.stats = EngineStats()
         self.sort_window_batches = sort_window_batches
         self._on_batch = on_batch
-        self._queue: TokenBudgetQueue[tuple[_Request, int, Sequence[int]]] = TokenBudgetQueue(
+        self._queue: TokenBudgetQueue[_Row] = TokenBudgetQueue(
             max_batch_tokens=max_batch_tokens, max_wait_s=max_wait_ms / 1000, clock=clock)
         self._urgent: deque[Queued] = deque()
         self._cond = threading.Condition()
         self._batches: queue.Queue[tuple[list[Queued], Any] | None] = queue.Queue(maxsize=1)
         self._stats_lock = threading.Lock()
         self._in_flight_tokens = 0  # queued or being embedded: the pool's load measure
+        self._inflight: dict[str, _Row] = {}  # content hash -> its row, until its vector is out
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self._clock = clock
@@ -208,16 +226,30 @@ class EmbeddingEngine:
         if not self._threads:
             raise ModelError("embedding engine used before start()")
         request = _Request(np.zeros((len(todo), out.shape[1]), dtype=np.float32), len(todo))
-        items = [((request, slot, chunks[positions[0]].token_ids), chunks[positions[0]].n_tokens)
-                 for slot, positions in enumerate(todo.values())]
         with self._cond:
+            rows: list[_Row] = []
+            shared = 0
+            for slot, (key, positions) in enumerate(todo.items()):
+                chunk = chunks[positions[0]]
+                row = self._inflight.get(key) if chunk.content_hash else None
+                if row is not None:
+                    row.waiters.append((request, slot))
+                    shared += 1
+                    continue
+                row = _Row(chunk.token_ids, chunk.n_tokens, key if chunk.content_hash else None,
+                           [(request, slot)])
+                if row.key is not None:
+                    self._inflight[row.key] = row
+                rows.append(row)
             if priority:
                 now = self._clock()
-                self._urgent.extend(Queued(item, n, now) for item, n in items)
+                self._urgent.extend(Queued(row, row.n_tokens, now) for row in rows)
             else:
-                self._queue.put_many(items)
-            self._in_flight_tokens += sum(n for _, n in items)
+                self._queue.put_many([(row, row.n_tokens) for row in rows])
+            self._in_flight_tokens += sum(row.n_tokens for row in rows)
             self._cond.notify_all()
+        with self._stats_lock:
+            self.stats.inflight_shared += shared
         return PendingVectors(out, todo, request, cache)
 
     # -- collator thread ---------------------------------------------------------------------
@@ -241,7 +273,7 @@ class EmbeddingEngine:
                         max_tokens=self.sort_window_batches * self._queue.max_batch_tokens))
             batch = planned.popleft()
             try:
-                prepared = self._prepare([q.item[2] for q in batch])
+                prepared = self._prepare([q.item.token_ids for q in batch])
             except Exception as exc:  # noqa: BLE001 - a bug in padding fails its callers only
                 self._fail(batch, exc)
                 continue
@@ -256,12 +288,12 @@ class EmbeddingEngine:
             self._run(*work)
 
     def _run(self, batch: list[Queued], prepared: Any) -> None:
-        live = [q for q in batch if q.item[0].error is None]
-        if len(live) != len(batch):  # a request already failed: do not spend model time on it
-            self._release([q for q in batch if q.item[0].error is not None])
+        live = [q for q in batch if q.item.live()]
+        if len(live) != len(batch):  # its requests already failed: do not spend model time on it
+            self._finish([q for q in batch if not q.item.live()])
             if not live:
                 return
-            batch, prepared = live, self._prepare([q.item[2] for q in live])
+            batch, prepared = live, self._prepare([q.item.token_ids for q in live])
         started = time.perf_counter()
         try:
             vectors = self._embed_prepared(prepared)
@@ -282,13 +314,12 @@ class EmbeddingEngine:
             self.stats.seconds += elapsed
         if self._on_batch:
             self._on_batch(len(batch), n_tokens, elapsed)
-        for q, vec in zip(batch, vectors):
-            req, slot, _ = q.item
-            req.out[slot] = vec
-            req.remaining -= 1  # only this thread decrements
-            if req.remaining == 0:
-                req.done.set()
-        self._release(batch)
+        for q, waiters, vec in zip(batch, self._finish(batch), vectors):
+            for req, slot in waiters:
+                req.out[slot] = vec
+                req.remaining -= 1  # only this thread decrements
+                if req.remaining == 0:
+                    req.done.set()
 
     def _back_off(self, batch: list[Queued]) -> None:
         """Out of device memory: halve the budget for good and retry these chunks under it."""
@@ -310,194 +341,25 @@ class EmbeddingEngine:
             plan = [plan[0][: len(batch) // 2], plan[0][len(batch) // 2:]]
         for part in plan:
             sub = [batch[i] for i in part]
-            self._run(sub, self._prepare([q.item[2] for q in sub]))
+            self._run(sub, self._prepare([q.item.token_ids for q in sub]))
 
     def _fail(self, batch: list[Queued], exc: BaseException) -> None:
         log.error("embedding failed", extra={"chunks": len(batch), "error": type(exc).__name__})
-        for q in batch:
-            req: _Request = q.item[0]
-            if req.error is None:
-                req.error = exc
-            req.done.set()
-        self._release(batch)
+        for waiters in self._finish(batch):
+            for req, _ in waiters:
+                if req.error is None:
+                    req.error = exc
+                req.done.set()
 
-    def _release(self, batch: list[Queued]) -> None:
+    def _finish(self, batch: list[Queued]) -> list[list[tuple[_Request, int]]]:
+        """Take these rows out of flight (under the lock, so no submit attaches to them after
+        their waiters were read) and return each row's waiters."""
         with self._cond:
             self._in_flight_tokens -= sum(q.n_tokens for q in batch)
-
-
-# -- start-up budget tuning (CUDA) ---------------------------------------------------------------
-
-def autotune_budget(backend: Backend, *, max_seq_tokens: int, start_tokens: int,
-                    ceiling_tokens: int, headroom: float = 0.8, filler_id: int = 1000) -> int:
-    """The largest batch budget that fits device memory, times ``headroom``.
-
-    Probes worst-case batches (every row ``max_seq_tokens`` long) at ``start_tokens``, doubling
-    until out of memory or ``ceiling_tokens``, halving instead when the start does not fit. The
-    answer is a multiple of ``max_seq_tokens``, at least one full row. Raises :class:`ModelError`
-    when not even one full-length row fits. Run once at start-up, before the engine starts.
-    """
-    info = getattr(backend, "info", None)
-    cls_id, sep_id = (info.cls_id, info.sep_id) if info is not None else (filler_id, filler_id)
-    release = getattr(backend, "release_memory", None)
-
-    def fits(budget: int) -> bool:
-        rows = max(1, budget // max_seq_tokens)
-        row = [cls_id, *([filler_id] * (max_seq_tokens - 2)), sep_id]
-        try:
-            backend.embed_ids([row] * rows)
-            return True
-        except Exception as exc:
-            if not is_out_of_memory(exc):
-                raise
-            if release is not None:
-                release()
-            return False
-
-    budget = max(max_seq_tokens, min(start_tokens, ceiling_tokens))
-    if fits(budget):
-        while budget * 2 <= ceiling_tokens and fits(budget * 2):
-            budget *= 2
-    else:
-        while budget > max_seq_tokens:
-            budget = max(max_seq_tokens, budget // 2)
-            if fits(budget):
-                break
-        else:
-            raise ModelError(f"one {max_seq_tokens}-token sequence does not fit device memory")
-        if budget == max_seq_tokens and not fits(budget):
-            raise ModelError(f"one {max_seq_tokens}-token sequence does not fit device memory")
-    tuned = max(max_seq_tokens, int(budget * headroom) // max_seq_tokens * max_seq_tokens)
-    log.info("batch budget tuned", extra={"largest_fitting": budget, "max_batch_tokens": tuned})
-    return tuned
-
-
-# -- several devices on one host -----------------------------------------------------------------
-
-class EnginePool:
-    """One engine per device; each request goes to the least-loaded engine (``least_loaded``) or
-    the next in turn (``round_robin``). A request over ``split_tokens`` real tokens is cut into
-    one contiguous part per engine, run in parallel, and put back together in order.
-
-    Same caller interface as :class:`EmbeddingEngine`: ``start``/``stop``/``embed``/``submit``/
-    ``stats``.
-    """
-
-    def __init__(self, engines: Sequence[EmbeddingEngine], *, policy: str = "least_loaded",
-                 split_tokens: int | None = None) -> None:
-        if not engines:
-            raise ValueError("an engine pool needs at least one engine")
-        if policy not in ("least_loaded", "round_robin"):
-            raise ValueError(f"unknown pool policy {policy!r}")
-        self.engines = list(engines)
-        self.policy = policy
-        self.split_tokens = split_tokens if split_tokens is not None else \
-            2 * min(e.max_batch_tokens for e in self.engines)
-        self._turn = 0
-        self._lock = threading.Lock()
-
-    @property
-    def backend(self) -> Backend:
-        return self.engines[0].backend
-
-    @property
-    def cache(self) -> EmbeddingCache | None:
-        return self.engines[0].cache
-
-    @property
-    def max_batch_tokens(self) -> int:
-        return min(e.max_batch_tokens for e in self.engines)
-
-    @property
-    def stats(self) -> EngineStats:
-        total = EngineStats()
-        for e in self.engines:
-            total.add(e.stats)
-        return total
-
-    def start(self) -> EnginePool:
-        for e in self.engines:
-            e.start()
-        return self
-
-    def stop(self) -> None:
-        for e in self.engines:
-            e.stop()
-
-    def __enter__(self) -> EnginePool:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _pick(self) -> EmbeddingEngine:
-        with self._lock:
-            if self.policy == "round_robin":
-                engine = self.engines[self._turn % len(self.engines)]
-                self._turn += 1
-                return engine
-            return min(self.engines, key=lambda e: e.load_tokens)
-
-    def embed(self, chunks: Sequence[Chunk], *, use_cache: bool = True,
-              priority: bool = False) -> np.ndarray:
-        tokens = sum(c.n_tokens for c in chunks)
-        if len(self.engines) == 1 or tokens <= self.split_tokens or len(chunks) < len(self.engines):
-            return self._pick().embed(chunks, use_cache=use_cache, priority=priority)
-        parts = _split_by_tokens(chunks, len(self.engines))
-        pending = [e.submit(part, use_cache=use_cache, priority=priority)
-                   for e, part in zip(self.engines, parts)]
-        return np.concatenate([p.result() for p in pending])
-
-
-def _split_by_tokens(chunks: Sequence[Chunk], n_parts: int) -> list[Sequence[Chunk]]:
-    """Contiguous parts of about equal token counts (so equal model time), none empty."""
-    total = sum(c.n_tokens for c in chunks)
-    parts: list[Sequence[Chunk]] = []
-    start, acc = 0, 0
-    for i, c in enumerate(chunks):
-        acc += c.n_tokens
-        remaining_parts = n_parts - len(parts) - 1
-        if remaining_parts and acc >= total * (len(parts) + 1) / n_parts \
-                and len(chunks) - (i + 1) >= remaining_parts:
-            parts.append(chunks[start:i + 1])
-            start = i + 1
-    parts.append(chunks[start:])
-    return parts
-
-
-def cpu_batch_tokens(max_seq_tokens: int) -> int:
-    """The CPU budget when none is configured: 2,048 tokens (a few full rows).
-
-    On CPU the model is compute-bound at any batch size and small batches stay in cache: on the
-    2-core bench machine 2,048 gave ~18% more tokens per CPU-second than 16,384 (bench/README.md).
-    """
-    return max(2048, 4 * max_seq_tokens)
-
-
-# -- wiring --------------------------------------------------------------------------------------
-
-def build_engine(config: EmbeddingConfig, backends: Sequence[Backend], *, max_seq_tokens: int,
-                 cache: EmbeddingCache | None = None,
-                 on_batch: Callable[[int, int, float], None] | None = None
-                 ) -> EmbeddingEngine | EnginePool:
-    """Started engine(s) for ``backends`` (one per device): the composition root's one call.
-
-    On CUDA with ``autotune_batch_tokens``, each device's budget is probed at start-up (from
-    ``max_batch_tokens`` up to 8x it). On CPU, a budget left unset in the config becomes
-    :func:`cpu_batch_tokens` (small batches measured faster there); a set one is used as is.
-    """
-    engines = []
-    for backend in backends:
-        budget = config.max_batch_tokens
-        device = str(getattr(backend, "device", "cpu"))
-        if device == "cpu" and "max_batch_tokens" not in config.model_fields_set:
-            budget = cpu_batch_tokens(max_seq_tokens)
-        if config.autotune_batch_tokens and device.startswith("cuda"):
-            budget = autotune_budget(backend, max_seq_tokens=max_seq_tokens, start_tokens=budget,
-                                     ceiling_tokens=8 * budget)
-        engines.append(EmbeddingEngine(backend, max_batch_tokens=budget,
-                                       max_wait_ms=config.max_wait_ms, cache=cache,
-                                       on_batch=on_batch))
-    if len(engines) == 1:
-        return engines[0].start()
-    return EnginePool(engines).start()
+            out = []
+            for q in batch:
+                row: _Row = q.item
+                if row.key is not None and self._inflight.get(row.key) is row:
+                    del self._inflight[row.key]
+                out.append(list(row.waiters))
+            return out

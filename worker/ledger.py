@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from worker.records import StoredDocument
-from worker.sqlite import connect
+from worker.sqlite import connect, transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -54,8 +54,7 @@ class Ledger:
                 for d in docs]
         if not rows:
             return
-        with self._lock:
-            self._conn.execute("BEGIN")
+        with self._lock, transaction(self._conn):
             # Never move a document backwards, whatever order two writers commit in.
             self._conn.executemany(
                 "INSERT INTO documents VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(sink, doc_id) DO UPDATE "
@@ -63,7 +62,6 @@ class Ledger:
                 "text_hash=excluded.text_hash, meta_hash=excluded.meta_hash, "
                 "deleted=excluded.deleted, updated_at=excluded.updated_at "
                 "WHERE excluded.version >= documents.version", rows)
-            self._conn.execute("COMMIT")
 
     def count(self, sink: str) -> int:
         with self._lock:

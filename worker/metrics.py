@@ -33,6 +33,15 @@ class Metrics:
         self.deletes = Counter("memory_worker_sink_deletes_total", "Documents deleted", ["sink"], registry=r)
         self.retries = Counter("memory_worker_sink_retries_total", "Sink calls retried", ["sink"], registry=r)
         self.errors = Counter("memory_worker_sink_errors_total", "Sink passes that failed", ["sink"], registry=r)
+        self.vectors_missing = Counter("memory_worker_sink_vectors_missing_total",
+                                       "Chunks a sink had to embed at write time (ledger and sink disagreed)",
+                                       ["sink"], registry=r)
+        self.prepared_documents = Counter("memory_worker_prepared_documents_total",
+                                          "Document versions prepared (chunked, embedded) for the sinks",
+                                          registry=r)
+        self.prepared_stale = Counter("memory_worker_prepared_skipped_stale_total",
+                                      "Versions dropped at prepare: every sink holds the same or newer",
+                                      registry=r)
         self.lag = Histogram("memory_worker_end_to_end_lag_seconds",
                              "Publish time (_meta.uuid) to visible in the sink", ["sink"],
                              buckets=LAG_BUCKETS_S, registry=r)
@@ -46,27 +55,64 @@ class Metrics:
         self.batches.inc()
         self.embedding_seconds.inc(seconds)
 
+    def on_prepared(self, stats) -> None:  # noqa: ANN001 - ApplyStats
+        self.prepared_documents.inc(stats.documents - stats.skipped_stale)
+        self.prepared_stale.inc(stats.skipped_stale)
+
+    def on_written(self, sink: str, out) -> None:  # noqa: ANN001 - WriteOutcome
+        self.upserts.labels(sink).inc(out.records)
+        self.deletes.labels(sink).inc(len(out.deleted))
+        if out.dead_lettered:  # records the sink refused for good (filed by the writer)
+            self.documents_dead_lettered.labels(f"sink:{sink}").inc(out.dead_lettered)
+        if out.vectors_missing:
+            self.vectors_missing.labels(sink).inc(out.vectors_missing)
+
+    def on_retry(self, sink: str):  # noqa: ANN201
+        """The ``on_retry`` callback handed to a sink: counts real retries."""
+        counter = self.retries.labels(sink)
+        return lambda exc, sleep_s: counter.inc()
+
     def observe_visible(self, sink: str, docs: list) -> None:  # noqa: ANN001
         """End-to-end lag: publish time (from _meta.uuid) to written in ``sink``."""
         now = time.time()
         for doc in docs:
             self.lag.labels(sink).observe(max(0.0, now - doc.published_at))
 
-    def watch_spool(self, depth: Callable[[], int], size_bytes: Callable[[], int],
-                    behind: Callable[[], dict[str, int]]) -> None:
-        """Gauges read at scrape time."""
+    def watch(self, snapshot: Callable[[], dict]) -> None:
+        """Gauges read at scrape time from ``snapshot()`` (the service's status numbers):
+        ``{"spool": {"depth", "bytes"}, "prepared": {"bytes"}, "sinks": {name: {...}}}``."""
 
-        class _Spool:
+        class _Gauges:
             def collect(self):  # noqa: ANN202
-                yield GaugeMetricFamily("memory_worker_spool_depth", "Entries in the spool", value=depth())
-                yield GaugeMetricFamily("memory_worker_spool_bytes", "Bytes in the spool", value=size_bytes())
-                g = GaugeMetricFamily("memory_worker_sink_behind_entries",
-                                      "Spool entries a sink has not confirmed", labels=["sink"])
-                for sink, n in behind().items():
-                    g.add_metric([sink], n)
-                yield g
+                snap = snapshot()
+                yield GaugeMetricFamily("memory_worker_spool_depth", "Entries in the spool (not yet prepared)",
+                                        value=snap["spool"]["depth"])
+                yield GaugeMetricFamily("memory_worker_spool_bytes", "Bytes in the spool",
+                                        value=snap["spool"]["bytes"])
+                yield GaugeMetricFamily("memory_worker_prepared_bytes",
+                                        "Bytes of prepared records some sink has not confirmed",
+                                        value=snap["prepared"]["bytes"])
+                behind = GaugeMetricFamily("memory_worker_sink_behind_entries",
+                                           "Spool entries and prepared records a sink has not confirmed",
+                                           labels=["sink"])
+                records = GaugeMetricFamily("memory_worker_sink_prepared_backlog_records",
+                                            "Prepared records a sink has not confirmed", labels=["sink"])
+                size = GaugeMetricFamily("memory_worker_sink_prepared_backlog_bytes",
+                                         "Bytes of prepared records a sink has not confirmed", labels=["sink"])
+                state = GaugeMetricFamily("memory_worker_sink_state",
+                                          "1 for the state a sink loop is in", labels=["sink", "state"])
+                for sink, s in snap["sinks"].items():
+                    behind.add_metric([sink], s["behind_entries"])
+                    records.add_metric([sink], s["prepared_records"])
+                    size.add_metric([sink], s["prepared_bytes"])
+                    for name in ("starting", "ok", "failing", "misconfigured"):
+                        state.add_metric([sink, name], 1.0 if s["state"] == name else 0.0)
+                yield behind
+                yield records
+                yield size
+                yield state
 
-        self.registry.register(_Spool())
+        self.registry.register(_Gauges())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

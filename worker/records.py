@@ -122,3 +122,50 @@ class QueryHit:
                 "score": round(float(self.score), 6), "text": self.text,
                 "title": self.metadata.get("title", ""), "url": self.metadata.get("url", ""),
                 "metadata": self.metadata}
+
+
+@dataclass(slots=True)
+class PreparedRecord:
+    """The prepare stage's output for one pass: every document version a sink must apply.
+
+    ``documents`` holds, in order, writes (chunks), version bumps of unchanged documents (chunks,
+    no vectors needed by any sink as far as the preparer knew) and deletes (no chunks).
+    ``vectors`` maps a chunk's ``content_hash`` to its vector; each unique chunk is embedded once,
+    whatever the number of sinks. ``spool_first``/``spool_last`` are the spool entries it covers
+    (0 when it comes from outside the spool, e.g. a direct ``Pipeline.apply``). ``seq`` is given
+    by the prepared store on commit.
+    """
+
+    documents: list[ChunkedDocument]
+    vectors: dict[str, np.ndarray]
+    spool_first: int = 0
+    spool_last: int = 0
+    received_at: float = 0.0
+    seq: int = 0
+
+    @property
+    def chunks(self) -> int:
+        return sum(len(cd.chunks) for cd in self.documents)
+
+
+@dataclass(slots=True)
+class ApplyStats:
+    """Counts of one prepare → write pass (or of many, added up)."""
+
+    documents: int = 0  # distinct keys considered
+    written: int = 0  # documents (re)written in at least one sink
+    deleted: int = 0
+    skipped_stale: int = 0  # older or duplicate versions
+    unchanged: int = 0
+    empty: int = 0  # documents whose text gave zero chunks
+    chunks: int = 0  # chunks sent to the embedding engine (cache hits included)
+    tokens: int = 0
+    dead_lettered: int = 0
+    per_sink_written: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: ApplyStats) -> None:
+        for name in ("documents", "written", "deleted", "skipped_stale", "unchanged", "empty",
+                     "chunks", "tokens", "dead_lettered"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for k, v in other.per_sink_written.items():
+            self.per_sink_written[k] = self.per_sink_written.get(k, 0) + v

@@ -15,7 +15,7 @@ from typing import TypeVar
 
 import tenacity
 
-from worker.config import RetryConfig
+from worker.configbase import RetryConfig
 from worker.errors import TransientError
 
 T = TypeVar("T")

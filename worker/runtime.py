@@ -1,8 +1,15 @@
-"""The composition root: config → model spec → embedder → engine → chunker → sinks → pipeline.
+"""The composition root: every component is built here, and only here.
 
-Every other module receives what it needs as arguments; only this module (and the CLI that calls
-it) knows the whole shape. ``env`` is passed in explicitly; nothing reads the environment on
-its own.
+::
+
+    build_runtime:  config → model spec → embedder → engine (+ cache) → chunker → sinks (registry)
+                    → ledger, dead letters → Preparer → SinkWriter per sink → Pipeline
+    build_service:  + spool → prepared store → intake → PrepareLoop, SinkLoop per sink
+                    → sources (webhook through the HTTP app, Dekaf) → Service (the HTTP shell)
+
+Every other module receives what it needs as arguments; ``service.py``, ``cli.py`` and
+``dekaf.py`` only use what this module builds. ``env`` is passed in explicitly; nothing reads
+the environment on its own.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from worker.cache import EmbeddingCache
 from worker.chunk import Chunker
@@ -19,13 +27,18 @@ from worker.config import BindingConfig, WorkerConfig
 from worker.deadletter import DeadLetterStore
 from worker.documents import Binding
 from worker.embed import Embedder
-from worker.engine import EmbeddingEngine, EnginePool, build_engine
+from worker.engine import EmbeddingEngine
+from worker.engine_pool import EnginePool, build_engine
 from worker.errors import ConfigError
 from worker.ledger import Ledger
 from worker.metrics import Metrics
 from worker.modelspec import ModelSpec, load_spec
 from worker.pipeline import Pipeline
+from worker.prepare import Preparer
+from worker.prepared import PreparedStore
 from worker.sinks.base import Sink
+from worker.sinks.registry import SINKS
+from worker.write import SinkWriter, ledger_key
 
 log = logging.getLogger(__name__)
 
@@ -42,23 +55,17 @@ def check_cross_fields(config: WorkerConfig, spec: ModelSpec) -> None:
                           f"least {spec.max_seq_tokens} (16384 or more is typical)")
 
 
-def build_sinks(config: WorkerConfig, *, only: str | None = None, dead_letters: DeadLetterStore | None = None
-                ) -> dict[str, Sink]:
+def build_sinks(config: WorkerConfig, *, only: str | None = None,
+                metrics: Metrics | None = None) -> dict[str, Sink]:
+    """The configured sinks (or just ``only``), built through the sink registry."""
     sinks: dict[str, Sink] = {}
     names = config.sinks.names() if only is None else [only]
     for name in names:
         cfg = getattr(config.sinks, name, None)
-        if cfg is None:
+        if name not in SINKS or cfg is None:
             raise ConfigError(f"sink {name!r} is not configured (sinks.{name})")
-        if name == "local":
-            from worker.sinks.local import LocalSink
-            sinks[name] = LocalSink(cfg.path, cfg.table)
-        elif name == "pinecone":
-            from worker.sinks.pinecone import PineconeSink
-            sinks[name] = PineconeSink(cfg, config.retry)
-        elif name == "weaviate":
-            from worker.sinks.weaviate import WeaviateSink
-            sinks[name] = WeaviateSink(cfg, config.retry)
+        sinks[name] = SINKS[name].build(cfg, config.retry,
+                                        on_retry=metrics.on_retry(name) if metrics else None)
     return sinks
 
 
@@ -125,6 +132,8 @@ class Runtime:
     ledger: Ledger
     dead_letters: DeadLetterStore
     cache: EmbeddingCache | None
+    preparer: Preparer
+    writers: dict[str, SinkWriter]
     pipeline: Pipeline
     bindings: dict[str, Binding] = field(default_factory=dict)
 
@@ -151,7 +160,13 @@ def load_model(config: WorkerConfig, env: Mapping[str, str]) -> tuple[ModelSpec,
 
 def build_runtime(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
                   sink: str | None = None, embedder: Embedder | None = None,
-                  ensure_sinks: bool = True, metrics: Metrics | None = None) -> Runtime:
+                  ensure_sinks: bool = True, metrics: Metrics | None = None,
+                  prepared: PreparedStore | None = None) -> Runtime:
+    """The stages: model, engine, chunker, sinks, preparer, writers, and the direct pipeline.
+
+    ``prepared`` (the service's store) lets the preparer see what lagging sinks will hold;
+    without it (``reindex``, tests) prepare → write runs straight through :class:`Pipeline`.
+    """
     env = dict(os.environ) if env is None else env
     if embedder is None:
         spec, embedder = load_model(config, env)
@@ -173,15 +188,68 @@ def build_runtime(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
     engine = build_engine(config.embedding, backends, max_seq_tokens=spec.max_seq_tokens, cache=cache,
                           on_batch=metrics.on_batch if metrics else None)
     dead_letters = DeadLetterStore(state / "dead_letters.sqlite")
-    sinks = build_sinks(config, only=sink, dead_letters=dead_letters)
+    sinks = build_sinks(config, only=sink, metrics=metrics)
     if ensure_sinks:
         for s in sinks.values():
             s.ensure(spec.dimensions, spec.similarity)
     ledger = Ledger(state / f"ledger-{spec.id}.sqlite")
     bindings = {b.collection: Binding(b) for b in config.bindings}
-    pipeline = Pipeline(bindings=bindings, chunker=chunker, engine=engine, sinks=sinks,
-                        ledger=ledger, dead_letters=dead_letters,
-                        on_visible=metrics.observe_visible if metrics else None,
-                        verify_with_sink=config.sources.dekaf is not None)
+    # Several workers may share the sinks (a Kafka consumer group): guard against the sink too.
+    shared = config.sources.dekaf is not None
+    writers = {name: SinkWriter(name, s, ledger=ledger, dead_letters=dead_letters, engine=engine,
+                                verify_with_sink=shared,
+                                on_visible=metrics.observe_visible if metrics else None)
+               for name, s in sinks.items()}
+    preparer = Preparer(bindings=bindings, chunker=chunker, engine=engine, ledger=ledger,
+                        ledger_keys={name: ledger_key(name, s) for name, s in sinks.items()},
+                        dead_letters=dead_letters,
+                        pending=prepared.pending if prepared is not None else None,
+                        cursors=prepared.cursors if prepared is not None else None,
+                        on_dead_letter=(lambda stage, n: metrics.documents_dead_lettered.labels(stage).inc(n))
+                        if metrics else None)
+    pipeline = Pipeline(preparer, writers)
     return Runtime(config, spec, embedder, engine, chunker, sinks, ledger, dead_letters, cache,
-                   pipeline, bindings)
+                   preparer, writers, pipeline, bindings)
+
+
+def build_service(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
+                  metrics: Metrics | None = None, embedder: Embedder | None = None,
+                  dekaf_options: Mapping[str, Any] | None = None):  # noqa: ANN201
+    """Everything ``memory-worker run`` needs, wired: returns the :class:`worker.service.Service`.
+
+    Sinks are not checked here: each sink loop runs ``ensure`` itself, so a misconfigured sink
+    is parked (and reported) while the others deliver. ``dekaf_options`` go to the Dekaf source
+    (a schema-registry client or consumer factory, for tests).
+    """
+    from worker.delivery import PrepareLoop, SinkLoop
+    from worker.intake import Intake
+    from worker.service import Service
+    from worker.spool import Spool
+
+    metrics = metrics or Metrics()
+    state = Path(config.state_dir)
+    spool = Spool(state / "spool.sqlite", max_bytes=config.spool.max_bytes)
+    spec = embedder.spec if embedder is not None else load_spec(config.model, models_dir=config.models_dir,
+                                                                  env=env or {})
+    prepared = PreparedStore(spool, sinks=config.sinks.names(), max_bytes=config.prepared.max_bytes,
+                             dimensions=spec.dimensions)
+    rt = build_runtime(config, env, embedder=embedder, ensure_sinks=False, metrics=metrics,
+                       prepared=prepared)
+    intake = Intake(bindings=rt.bindings, spool=spool, dead_letters=rt.dead_letters,
+                    max_depth=config.server.max_json_depth)
+    prepare_loop = PrepareLoop(spool=spool, prepared=prepared, preparer=rt.preparer, retry=config.retry,
+                               batch_entries=config.spool.batch_entries,
+                               poll_interval_s=config.spool.poll_interval_s, metrics=metrics)
+    loops = {name: SinkLoop(writer, prepared=prepared, retry=config.retry,
+                            poll_interval_s=config.spool.poll_interval_s, dimensions=rt.spec.dimensions,
+                            metric=rt.spec.similarity, metrics=metrics)
+             for name, writer in rt.writers.items()}
+    sources = []
+    if config.sources.dekaf is not None:  # a second source, into the same spool
+        from worker.dekaf import DekafSource
+
+        sources.append(DekafSource(config.sources.dekaf, bindings=rt.bindings, intake=intake,
+                                   dead_letters=rt.dead_letters, metrics=metrics,
+                                   delivered_seq=prepared.delivered_spool_seq, **(dekaf_options or {})))
+    return Service(rt, metrics=metrics, spool=spool, prepared=prepared, intake=intake,
+                   prepare_loop=prepare_loop, loops=loops, sources=sources)

@@ -1,25 +1,27 @@
-"""``memory-worker run``: the HTTP API and the per-sink delivery loops in one process.
+"""``memory-worker run``: the HTTP shell around the loops that :mod:`worker.runtime` built.
 
 ::
 
     Estuary --POST /estuary/webhook/{collection}--> Intake --fsync--> Spool
-    Spool --SinkLoop(local)-----> Pipeline.apply(sinks=[local])     (one thread per sink)
-    Spool --SinkLoop(pinecone)--> Pipeline.apply(sinks=[pinecone])  (shared engine + cache)
-    AI Memory V2 --POST /query--> engine (query prompt) --> sink.query
+    Dekaf ----consumer group------------------------> Intake --------> Spool
+    Spool --PrepareLoop (parse, guard, chunk, embed once)--> PreparedStore
+    PreparedStore --SinkLoop(local | pinecone | weaviate)--> each sink, at its own pace
+    AI Memory V2 --POST /query--> engine (query prompt, priority) --> sink.query
 
-Shutdown (SIGTERM/SIGINT): the webhook answers 503 + Retry-After at once, each sink loop
-finishes the pass it is in, then the server stops; all within ``server.shutdown_timeout_s``.
-Whatever was accepted and not yet delivered stays in the spool for the next start.
+Shutdown (SIGTERM/SIGINT): the webhook answers 503 + Retry-After at once, sources stop, each
+loop finishes the pass it is in, then the server stops; the process exits 0 within
+``server.shutdown_timeout_s`` in every case (a watchdog ends it at the deadline, whatever is
+still running). What was accepted and not yet delivered stays in the spool or the prepared
+store for the next start.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -32,136 +34,71 @@ from starlette.routing import Route
 
 from worker import logs
 from worker.config import WorkerConfig
-from worker.documents import Binding
-from worker.errors import (BodyTooLarge, DocumentInvalid, RequestInvalid, TransientError, WorkerError,
-                           http_status)
+from worker.delivery import PrepareLoop, SinkLoop
+from worker.errors import BodyTooLarge, RequestInvalid, TransientError, WorkerError, http_status
 from worker.intake import Intake, check_bearer
 from worker.metrics import Metrics
-from worker.pipeline import Pipeline
-from worker.records import Chunk, QueryFilter
-from worker.runtime import Runtime, build_runtime
+from worker.prepared import PreparedStore
+from worker.query import query_args, run_query
 from worker.spool import Spool
 
 log = logging.getLogger(__name__)
 
-# Bodies one sink pass takes from the spool (besides spool.batch_entries). A pass is written,
-# confirmed and made visible as a whole, so its size bounds the time to visibility, the work a
-# crash or a shutdown redoes, and memory: ~1 MiB of Gong is ~1,000 chunks, plenty to batch well.
-PASS_MAX_BYTES = 1024 * 1024
-
-# How server.shutdown_timeout_s is spent after SIGTERM: sink loops finish their pass, then
-# requests still in flight finish, and what is left (at least the reserve) closes the stores.
+# How server.shutdown_timeout_s is spent after SIGTERM: loops finish their pass, then requests
+# still in flight finish, and what is left (at least the reserve) closes the stores.
 SHUTDOWN_DRAIN_SHARE = 0.75
 SHUTDOWN_REQUESTS_SHARE = 0.1
 SHUTDOWN_RESERVE_SHARE = 0.1
-
-
-class SinkLoop(threading.Thread):
-    """Delivers spool entries to one sink, in order, confirming each pass after it is written."""
-
-    def __init__(self, name: str, *, spool: Spool, pipeline: Pipeline, bindings: Mapping[str, Binding],
-                 metrics: Metrics, batch_entries: int, poll_interval_s: float,
-                 max_backoff_s: float = 30.0) -> None:
-        super().__init__(name=f"sink-{name}", daemon=True)
-        self.sink = name
-        self.spool = spool
-        self.pipeline = pipeline
-        self.bindings = bindings
-        self.metrics = metrics
-        self.batch_entries = batch_entries
-        self.poll_interval_s = poll_interval_s
-        self.max_backoff_s = max_backoff_s
-        self.stopping = threading.Event()
-        self.idle = threading.Event()
-        self.failures = 0
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            entries = self.spool.read(self.sink, limit=self.batch_entries, max_bytes=PASS_MAX_BYTES)
-            if not entries:
-                self.idle.set()
-                self.stopping.wait(self.poll_interval_s)
-                continue
-            self.idle.clear()
-            try:
-                self._deliver(entries)
-            except Exception as exc:  # noqa: BLE001 - any failure leaves the entries in the spool
-                self.failures += 1
-                self.metrics.errors.labels(self.sink).inc()
-                self.spool.record_error(self.sink, f"{type(exc).__name__}: {exc}")
-                level = logging.WARNING if isinstance(exc, TransientError) else logging.ERROR
-                log.log(level, "sink pass failed; will retry", exc_info=not isinstance(exc, TransientError),
-                        extra={"sink": self.sink, "failures": self.failures, "error": str(exc)[:300]})
-                retry_after = getattr(exc, "retry_after_s", None) or 0.0
-                backoff = random.uniform(0, min(self.max_backoff_s, 0.5 * 2 ** min(self.failures, 10)))
-                self.stopping.wait(max(backoff, retry_after))
-                continue
-            self.failures = 0
-
-    def _deliver(self, entries: list) -> None:  # noqa: ANN001
-        docs = []
-        for entry in entries:
-            binding = self.bindings.get(entry.collection)
-            if binding is None:  # the binding was removed from the config since intake
-                log.error("spool entry for an unbound collection skipped",
-                          extra={"collection": entry.collection, "seq": entry.seq})
-                continue
-            for raw in orjson.loads(entry.body):
-                try:
-                    docs.append(binding.parse(raw))
-                except DocumentInvalid:
-                    pass  # validated at intake; only a config change gets here, already dead-lettered
-        stats = self.pipeline.apply(docs, sinks=[self.sink])
-        self.metrics.upserts.labels(self.sink).inc(stats.per_sink_written.get(self.sink, 0))
-        self.metrics.deletes.labels(self.sink).inc(stats.deleted)
-        if stats.dead_lettered:  # records the sink refused for good (filed by the pipeline)
-            self.metrics.documents_dead_lettered.labels(f"sink:{self.sink}").inc(stats.dead_lettered)
-        self.spool.confirm(self.sink, entries[-1].seq)
+#: The watchdog ends the process this long before the deadline (exit takes a moment too).
+SHUTDOWN_EXIT_MARGIN_S = 0.25
 
 
 class Service:
-    """Owns the spool, intake, loops and the ASGI app around a :class:`Runtime`."""
+    """The ASGI app, status and shutdown around the components built by ``build_service``."""
 
-    def __init__(self, rt: Runtime, metrics: Metrics) -> None:
+    def __init__(self, rt: Any, *, metrics: Metrics, spool: Spool, prepared: PreparedStore,  # noqa: ANN401
+                 intake: Intake, prepare_loop: PrepareLoop, loops: Mapping[str, SinkLoop],
+                 sources: Sequence[Any] = ()) -> None:
         self.rt = rt
         self.config: WorkerConfig = rt.config
         self.metrics = metrics
+        self.spool = spool
+        self.prepared = prepared
+        self.intake = intake
+        self.prepare_loop = prepare_loop
+        self.sink_loops = dict(loops)
+        self.sources = list(sources)
         self.started_at = time.time()
         self.draining = False
-        self.spool = Spool(self.config.state_dir / "spool.sqlite", sinks=list(rt.sinks),
-                           max_bytes=self.config.spool.max_bytes)
-        self.intake = Intake(bindings=rt.bindings, spool=self.spool, dead_letters=rt.dead_letters,
-                             max_depth=self.config.server.max_json_depth)
-        self.loops = [SinkLoop(name, spool=self.spool, pipeline=rt.pipeline, bindings=rt.bindings,
-                               metrics=metrics, batch_entries=self.config.spool.batch_entries,
-                               poll_interval_s=self.config.spool.poll_interval_s)
-                      for name in rt.sinks]
-        metrics.watch_spool(self.spool.depth, lambda: self.spool.bytes,
-                            lambda: {p.sink: p.behind_entries for p in self.spool.positions()})
-        self.dekaf = None
-        if self.config.sources.dekaf is not None:  # a second source, into the same spool
-            from worker.dekaf import DekafSource
+        self._closed = False
+        metrics.watch(self.gauges)
 
-            self.dekaf = DekafSource(self.config.sources.dekaf, bindings=rt.bindings, intake=self.intake,
-                                     dead_letters=rt.dead_letters, metrics=metrics,
-                                     delivered_seq=lambda: min(p.delivered_seq for p in self.spool.positions()))
+    @property
+    def loops(self) -> list:
+        """Every loop thread: the prepare loop and one per sink."""
+        return [self.prepare_loop, *self.sink_loops.values()]
+
+    @property
+    def dekaf(self) -> Any:  # noqa: ANN401
+        return next((s for s in self.sources if getattr(s, "kind", "") == "dekaf"), None)
 
     def start(self) -> None:
         for loop in self.loops:
             loop.start()
-        if self.dekaf is not None:
-            self.dekaf.start()
+        for source in self.sources:
+            source.start()
 
     def drain(self, timeout_s: float) -> bool:
         """Stop accepting, let each loop finish its pass. True if all stopped in time."""
         self.draining = True
         deadline = time.monotonic() + timeout_s
-        if self.dekaf is not None:  # leave the group first: commit what is spooled, stop reading
-            self.dekaf.stop(timeout_s * 0.5)
+        for source in self.sources:  # leave the group first: stop reading
+            source.stop(timeout_s * 0.5)
         for loop in self.loops:
             loop.stopping.set()
         for loop in self.loops:
-            loop.join(max(0.0, deadline - time.monotonic()))
+            if loop.ident is not None:
+                loop.join(max(0.0, deadline - time.monotonic()))
         return not any(loop.is_alive() for loop in self.loops)
 
     # -- HTTP handlers -----------------------------------------------------------------------
@@ -195,23 +132,49 @@ class Service:
     async def status(self, request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(self.status_report))
 
+    def _sinks_report(self) -> dict[str, dict[str, Any]]:
+        now = time.time()
+        depth = self.spool.depth()
+        unprepared_since = self.spool.oldest_received_at()
+        out = {}
+        for name, b in self.prepared.backlogs().items():
+            loop = self.sink_loops.get(name)
+            oldest = min((t for t in (b.oldest_received_at, unprepared_since) if t is not None), default=None)
+            out[name] = {
+                "state": loop.state if loop is not None else "stopped",
+                "reason": loop.reason if loop is not None and loop.state != "ok" else None,
+                "delivered_seq": b.delivered_spool_seq,
+                "behind_entries": depth + b.records,
+                "prepared_records": b.records, "prepared_bytes": b.bytes,
+                "lag_s": None if oldest is None else round(max(0.0, now - oldest), 3),
+                "last_error": b.last_error, "last_error_at": b.error_at,
+                "vectors_missing": loop.vectors_missing if loop is not None else 0,
+            }
+        return out
+
+    def gauges(self) -> dict[str, Any]:
+        """The numbers /metrics reads at scrape time."""
+        return {"spool": {"depth": self.spool.depth(), "bytes": self.spool.bytes},
+                "prepared": {"bytes": self.prepared.bytes}, "sinks": self._sinks_report()}
+
     def status_report(self) -> dict[str, Any]:
-        sinks = {}
-        for p in self.spool.positions():
-            sinks[p.sink] = {"delivered_seq": p.delivered_seq, "behind_entries": p.behind_entries,
-                             "lag_s": None if p.oldest_undelivered_age_s is None
-                             else round(p.oldest_undelivered_age_s, 3),
-                             "last_error": p.last_error, "last_error_at": p.error_at}
         engine = self.rt.engine.stats
+        prep = self.prepare_loop
         return {
             "spool": {"depth": self.spool.depth(), "bytes": self.spool.bytes,
                       "max_bytes": self.spool.max_bytes, "oldest_age_s": self.spool.oldest_age_s()},
-            "sinks": sinks,
+            "prepared": {"bytes": self.prepared.bytes, "max_bytes": self.prepared.max_bytes,
+                         "state": prep.state, "reason": prep.reason if prep.state != "ok" else None,
+                         "paused": prep.state == "paused",
+                         "documents": prep.stats.documents, "skipped_stale": prep.stats.skipped_stale,
+                         "chunks": prep.stats.chunks},
+            "sinks": self._sinks_report(),
             "dead_letters": self.rt.dead_letters.count(),
             "model": {"id": self.rt.spec.id, "dimensions": self.rt.spec.dimensions,
                       "device": self.rt.embedder.device, "dtype": self.rt.embedder.dtype},
             "engine": {"chunks": engine.chunks, "tokens": engine.tokens, "batches": engine.batches,
-                       "cache_hits": engine.cache_hits, "max_batch_tokens": self.rt.engine.max_batch_tokens},
+                       "cache_hits": engine.cache_hits, "inflight_shared": engine.inflight_shared,
+                       "max_batch_tokens": self.rt.engine.max_batch_tokens},
             "dekaf": self.dekaf.status() if self.dekaf is not None else None,
             "draining": self.draining,
             "uptime_s": round(time.time() - self.started_at, 3),
@@ -228,19 +191,24 @@ class Service:
         return JSONResponse({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
-        def probe() -> dict[str, Any]:
-            out = {}
-            for name, sink in self.rt.sinks.items():
-                try:
-                    out[name] = sink.info().reachable
-                except Exception:  # noqa: BLE001 - readiness reports, never raises
-                    out[name] = False
-            return out
+        """Local readiness only: model loaded, spool writable, not draining. Sinks are named
+        (parked ones with their reason) but never flip readiness, and are never called here."""
 
-        sinks = await run_in_threadpool(probe)
-        ready = all(sinks.values()) and not self.draining
-        return JSONResponse({"ready": ready, "model": self.rt.spec.id, "sinks": sinks,
-                             "draining": self.draining}, status_code=200 if ready else 503)
+        def probe() -> dict[str, Any]:
+            try:
+                self.spool.depth()
+                spool_ok = True
+            except Exception:  # noqa: BLE001 - readiness reports, never raises
+                spool_ok = False
+            sinks = {name: loop.state for name, loop in self.sink_loops.items()}
+            parked = {name: loop.reason for name, loop in self.sink_loops.items()
+                      if loop.state == "misconfigured"}
+            return {"spool": spool_ok, "sinks": sinks, "parked": parked}
+
+        checks = await run_in_threadpool(probe)
+        ready = checks["spool"] and not self.draining
+        return JSONResponse({"ready": ready, "model": self.rt.spec.id, "draining": self.draining, **checks},
+                            status_code=200 if ready else 503)
 
     async def query(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -251,18 +219,13 @@ class Service:
                 payload = orjson.loads(body)
             except orjson.JSONDecodeError as exc:
                 raise RequestInvalid(f"body is not valid JSON: {exc}") from None
-            where, text, k, sink = _query_args(payload, list(self.rt.sinks))
-            hits = await run_in_threadpool(self.run_query, text, k, where, sink)
+            where, text, k, sink = query_args(payload, list(self.rt.sinks))
+            hits = await run_in_threadpool(run_query, self.rt.embedder, self.rt.engine,
+                                           self.rt.sinks[sink], text, k, where)
         except WorkerError as exc:
             return self._error(exc)
         self.metrics.query_seconds.observe(time.perf_counter() - started)
         return JSONResponse({"results": [h.as_json() for h in hits]})
-
-    def run_query(self, text: str, k: int, where: QueryFilter, sink: str) -> list:
-        ids = self.rt.embedder.query_ids(text)
-        chunk = Chunk(doc_id="", index=0, text=text, token_ids=ids, content_hash="")
-        vector = self.rt.engine.embed([chunk], use_cache=False, priority=True)[0]
-        return self.rt.sinks[sink].query(vector, k, where)
 
     def app(self) -> Starlette:
         webhook = [Route("/estuary/webhook/{collection:path}", self.webhook, methods=["POST"])] \
@@ -278,15 +241,20 @@ class Service:
         ])
 
     def close(self) -> None:
-        """Close the spool once no loop can touch it (a loop stuck in a sink retry past the
-        drain deadline keeps it open; the process is exiting anyway and SQLite needs no cleanup)."""
+        """Close the stores once no loop can touch them (a loop stuck in a sink retry past the
+        drain deadline keeps them open; the process is exiting anyway and SQLite needs no
+        cleanup)."""
         for loop in self.loops:
             loop.stopping.set()
-        if not any(loop.is_alive() for loop in self.loops):
-            self.spool.close()
+        if self._closed or any(loop.is_alive() for loop in self.loops):
+            return
+        self._closed = True
+        self.prepared.close()
+        self.spool.close()
+        self.rt.close()
 
 
-def _secret(value: Any) -> str | None:
+def _secret(value: Any) -> str | None:  # noqa: ANN401
     return value.get_secret_value() if value is not None else None
 
 
@@ -307,33 +275,12 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _query_args(payload: Any, sinks: list[str]) -> tuple[QueryFilter, str, int, str]:
-    if not isinstance(payload, dict):
-        raise RequestInvalid("query body must be a JSON object")
-    text = payload.get("text")
-    if not isinstance(text, str) or not text.strip():
-        raise RequestInvalid("'text' must be a non-empty string")
-    k = payload.get("k", 5)
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 1000:
-        raise RequestInvalid("'k' must be an integer between 1 and 1000")
-    sink = payload.get("sink", sinks[0])
-    if sink not in sinks:
-        raise RequestInvalid(f"'sink' must be one of {', '.join(sinks)}")
-    f = payload.get("filter") or {}
-    if not isinstance(f, dict):
-        raise RequestInvalid("'filter' must be an object")
-    unknown = set(f) - {"source", "collection", "published_after", "published_before"}
-    if unknown:
-        raise RequestInvalid(f"unknown filter keys: {', '.join(sorted(unknown))}")
-    from worker.cli import _parse_time
-
-    try:
-        where = QueryFilter(source=f.get("source"), collection=f.get("collection"),
-                            published_after=_parse_time(f.get("published_after")),
-                            published_before=_parse_time(f.get("published_before")))
-    except (TypeError, ValueError) as exc:
-        raise RequestInvalid(f"bad time in filter: {exc}") from None
-    return where, text, k, sink
+def _exit_now(message: str) -> None:
+    """Leave at once with status 0: letting the interpreter tear down under a thread that is
+    inside torch aborts the process ("terminate called without an active exception")."""
+    log.warning(message)
+    logging.shutdown()
+    os._exit(0)
 
 
 class _Server(uvicorn.Server):
@@ -358,24 +305,30 @@ class _Server(uvicorn.Server):
 
         def finish() -> None:
             drained = self.service.drain(self.timeout_s * SHUTDOWN_DRAIN_SHARE)
-            log.info("drained" if drained else "drain timed out; undelivered entries stay spooled")
+            log.info("drained" if drained else "drain timed out; undelivered work stays spooled")
             self.should_exit = True
 
+        def watchdog(deadline: float) -> None:
+            time.sleep(max(0.0, deadline - SHUTDOWN_EXIT_MARGIN_S - time.monotonic()))
+            _exit_now("shutdown deadline reached with work still running; exiting, its entries "
+                      "stay spooled")
+
         threading.Thread(target=finish, name="drain", daemon=True).start()
+        threading.Thread(target=watchdog, args=(self.deadline,), name="shutdown-watchdog",
+                         daemon=True).start()
 
 
-def serve(config: WorkerConfig, env: Mapping[str, str]) -> int:
-    logs.setup(config.log_level)
-    metrics = Metrics()
-    rt = build_runtime(config, env, metrics=metrics)
-    service = Service(rt, metrics)
+def run_server(service: Service) -> int:
+    """Serve until SIGTERM/SIGINT; exits within ``server.shutdown_timeout_s`` of the signal."""
+    config = service.config
+    logs.setup(config.log_level, config.log_format)
     service.start()
     uv = uvicorn.Config(service.app(), host=config.server.host, port=config.server.port,
                         log_level="warning", access_log=False, lifespan="off",
                         timeout_graceful_shutdown=config.server.shutdown_timeout_s * SHUTDOWN_REQUESTS_SHARE)
     server = _Server(uv, service, config.server.shutdown_timeout_s)
     log.info("serving", extra={"host": config.server.host, "port": config.server.port,
-                               "sinks": ",".join(rt.sinks), "model": rt.spec.id})
+                               "sinks": ",".join(service.rt.sinks), "model": service.rt.spec.id})
     try:
         server.run()
     finally:
@@ -385,16 +338,11 @@ def serve(config: WorkerConfig, env: Mapping[str, str]) -> int:
             server.deadline - time.monotonic() - config.server.shutdown_timeout_s * SHUTDOWN_RESERVE_SHARE)
         if service.drain(max(0.0, left)):
             service.close()
-            rt.close()
         else:
-            # A pass is still running (a long embedding batch, a slow sink). Waiting for it, or
-            # for the engine queue behind it, would overrun shutdown_timeout_s. Its entries are
-            # unconfirmed, so the next start redelivers them (idempotent writes), as after a
-            # crash. Exit at once: letting the interpreter tear down under a thread that is
-            # inside torch aborts the process ("terminate called without an active exception").
-            log.warning("shutdown deadline reached with a sink pass still running; exiting "
-                        "without waiting, its entries stay spooled")
-            logging.shutdown()
-            os._exit(0)
+            # A pass is still running (a long embedding batch, a slow sink). Waiting for it would
+            # overrun shutdown_timeout_s; its work is unconfirmed, so the next start redoes it
+            # (idempotent writes), as after a crash.
+            _exit_now("shutdown deadline reached with a sink pass still running; exiting "
+                      "without waiting, its entries stay spooled")
     log.info("stopped")
     return 0

@@ -17,7 +17,8 @@ from typing import TypeVar
 import numpy as np
 import pytest
 
-from worker.config import PineconeSinkConfig, RetryConfig
+from worker.config import RetryConfig
+from worker.sinks.pinecone import PineconeSinkConfig
 from worker.ids import chunk_id
 from worker.records import Chunk, ChunkedDocument, FlowDocument, QueryFilter, StoredDocument
 from worker.sinks.base import build_records

@@ -16,7 +16,8 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 
-from worker.config import RetryConfig, WeaviateSinkConfig
+from worker.config import RetryConfig
+from worker.sinks.weaviate import WeaviateSinkConfig
 from worker.errors import SinkMismatch
 from worker.ids import chunk_uuid, document_id
 from worker.records import QueryFilter, StoredDocument, VectorRecord

@@ -25,9 +25,9 @@ record the store refuses for good, ``SinkMismatch`` for a wrong index).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
@@ -85,6 +85,20 @@ class Sink(Protocol):
         """Reachability, target, dimension and record count (for ``check`` and /readyz)."""
 
     def close(self) -> None: ...
+
+
+#: ``on_retry(exc, sleep_s)``: called before each retry sleep (metrics count real retries).
+OnRetry = Callable[[BaseException, float], None]
+
+
+@dataclass(frozen=True)
+class SinkKind:
+    """One entry of the sink registry: the ``sinks.<name>`` config model and how to build the
+    sink from it (``build(config, retry, on_retry=...)``)."""
+
+    name: str
+    config: type[Any]
+    build: Callable[..., Sink]
 
 
 def format_version(version: int) -> str:

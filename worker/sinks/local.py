@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from worker.configbase import RetryConfig, Strict
 from worker.errors import SinkMismatch
 from worker.records import QueryFilter, QueryHit, StoredDocument, VectorRecord
-from worker.sinks.base import SinkInfo, UpsertOutcome, hit_from_metadata
+from worker.sinks.base import OnRetry, SinkInfo, SinkKind, UpsertOutcome, hit_from_metadata
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,19 @@ def where_clause(where: QueryFilter) -> str | None:
     return " AND ".join(parts) or None
 
 
+class LocalSinkConfig(Strict):
+    path: Path = Path("data/lancedb")
+    table: str = "chunks"
+
+
 class LocalSink:
     name = "local"
+
+    @classmethod
+    def from_config(cls, cfg: LocalSinkConfig, retry: RetryConfig, *,
+                    on_retry: OnRetry | None = None) -> LocalSink:
+        """Embedded: no network, so no retries (a failed commit surfaces to the loop)."""
+        return cls(cfg.path, cfg.table)
 
     def __init__(self, path: Path, table: str = "chunks", *, compact_every: int = 200) -> None:
         import lancedb
@@ -202,3 +214,6 @@ class LocalSink:
         if self._table is None:
             raise SinkMismatch("local store used before ensure()")
         return self._table
+
+
+KIND = SinkKind("local", LocalSinkConfig, LocalSink.from_config)

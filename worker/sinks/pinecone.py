@@ -31,175 +31,56 @@ the work in its spool and the whole (idempotent) upsert is redone later.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 import numpy as np
 import orjson
+from pydantic import Field, SecretStr
 
-from worker.config import PineconeSinkConfig, RetryConfig
-from worker.errors import ConfigError, FatalError, SinkMismatch, SinkUnavailable, WorkerError
+from worker.configbase import RetryConfig, Strict
+from worker.errors import ConfigError, SinkMismatch, SinkUnavailable, WorkerError
 from worker.ids import chunk_id, chunk_prefix
 from worker.records import QueryFilter, QueryHit, StoredDocument, VectorRecord
-from worker.retry import retrying
-from worker.sinks.base import SinkInfo, UpsertOutcome, hit_from_metadata, stored_from_metadata
+from worker.sinks.base import (OnRetry, SinkInfo, SinkKind, UpsertOutcome, hit_from_metadata,
+                               stored_from_metadata)
+from worker.sinks.pinecone_wire import (MAX_IDS_PER_DELETE, MAX_LIST_PAGE, MAX_TOP_K, READY_POLL_S,
+                                        READY_POLLS, DEFAULT_CONTROLLER_HOST, Missing, Refused,
+                                        disable_sdk_retries, fetch_batches, from_wire,
+                                        pinecone_filter, plan_requests, translate, wire_record)
+from worker.sinks.vendor import VendorSink
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DEFAULT_CONTROLLER_HOST = "https://api.pinecone.io"
-MAX_IDS_PER_DELETE = 1_000
-MAX_LIST_PAGE = 100
-MAX_TOP_K = 10_000
-FETCH_BATCH_IDS = 100  # fetch is a GET with repeated ids: keep the URL short
-FETCH_BATCH_URL_CHARS = 8_000
-READY_POLLS = 120  # a new serverless index is usually ready in seconds
-READY_POLL_S = 2.0
+
+class PineconeSinkConfig(Strict):
+    api_key: SecretStr
+    index: str
+    namespace: str = ""
+    index_host: str | None = None
+    controller_host: str | None = None
+    cloud: str = "aws"
+    region: str = "us-east-1"
+    timeout_s: float = Field(default=10.0, gt=0)
+    max_parallel_requests: int = Field(default=8, ge=1, le=64)
+    max_request_bytes: int = Field(default=2 * 1000 * 1000, ge=64 * 1024)
+    max_request_vectors: int = Field(default=1000, ge=1, le=1000)
 
 
-class _Refused(FatalError):
-    """Pinecone refused a request for good (a 4xx other than 401/402/403/404/408/429).
-
-    Inside :meth:`PineconeSink.upsert` this splits the request to find the records at fault;
-    anywhere else it is a bug in the request we built, so it surfaces as a FatalError.
-    """
-
-    def __init__(self, what: str, status: int | None, message: str) -> None:
-        super().__init__(f"pinecone refused {what} ({status or 'client-side'}): {message}")
-        self.status = status
-        self.server_message = f"HTTP {status}: {message}" if status else message
-
-
-class _Missing(ConfigError):
-    """The index does not exist (404)."""
-
-
-def translate(exc: BaseException, what: str) -> WorkerError:
-    """The worker error for a vendor exception (``raise translate(exc, ...) from exc``)."""
-    from pinecone.errors import (ApiError, IndexInitFailedError, IndexTerminatedError,
-                                 PineconeTypeError, PineconeValueError, RateLimitError)
-
-    if isinstance(exc, RateLimitError):
-        return SinkUnavailable(f"pinecone {what}: rate limited (429): {exc.message}",
-                               retry_after_s=exc.retry_after)
-    if isinstance(exc, ApiError):
-        status = exc.status_code
-        if status >= 500 or status == 408:
-            return SinkUnavailable(f"pinecone {what}: {exc}", retry_after_s=_retry_after(exc.headers))
-        if status in (401, 403):
-            return ConfigError(f"pinecone refused the API key ({status}) for {what}: set "
-                               "sinks.pinecone.api_key to a key of the project that holds the index")
-        if status == 402:
-            return ConfigError(f"pinecone {what}: payment required (402); the project cannot write")
-        if status == 404:
-            return _Missing(f"pinecone {what}: not found (404): {exc.message}; check "
-                            "sinks.pinecone.index and sinks.pinecone.index_host")
-        return _Refused(what, status, exc.message)
-    if isinstance(exc, (PineconeValueError, PineconeTypeError)):
-        return _Refused(what, None, str(exc))
-    if isinstance(exc, (IndexInitFailedError, IndexTerminatedError)):
-        return ConfigError(f"pinecone {what}: {exc}")
-    # Timeouts, connection errors, unparseable answers (a proxy's HTML page), socket errors.
-    return SinkUnavailable(f"pinecone {what}: {type(exc).__name__}: {exc}")
-
-
-def _retry_after(headers: dict[str, str] | None) -> float | None:
-    raw = {k.lower(): v for k, v in (headers or {}).items()}.get("retry-after")
-    try:
-        value = float(raw) if raw is not None else None
-    except ValueError:
-        return None
-    return value if value is not None and value >= 0 else None
-
-
-def disable_sdk_retries(index: Any) -> bool:
-    """Switch off the SDK's data-plane REST retries (private attribute; guarded)."""
-    try:
-        transport = index._http._client._transport
-        transport._config = dataclasses.replace(transport._config, max_retries=0)
-        if transport._config.max_retries == 0:
-            return True
-    except (AttributeError, TypeError, ValueError):
-        pass
-    log.warning("pinecone SDK retries could not be disabled; its hidden retries and per-host "
-                "retry budget stay active under ours", extra={"sdk": _sdk_version()})
-    return False
-
-
-def _sdk_version() -> str:
-    try:
-        import pinecone
-
-        return str(pinecone.__version__)
-    except Exception:  # noqa: BLE001 - only for a log line
-        return "?"
-
-
-def wire_record(record: VectorRecord) -> dict[str, Any]:
-    """The record as the SDK puts it on the wire: float32 values as Python floats, no nulls."""
-    metadata = {k: list(v) if isinstance(v, tuple) else v
-                for k, v in record.metadata.items() if v is not None}
-    return {"id": record.id, "values": np.asarray(record.vector, dtype=np.float32).tolist(),
-            "metadata": metadata}
-
-
-def plan_requests(sizes: Sequence[int], *, overhead: int, max_vectors: int,
-                  max_bytes: int) -> list[tuple[int, int]]:
-    """Cut items of JSON ``sizes`` into ``[start, end)`` runs, in order, under both limits.
-
-    A body is ``overhead`` bytes plus the items and one comma between each two. An item too big
-    for any request goes alone (the server refuses it and it comes back rejected).
-    """
-    runs: list[tuple[int, int]] = []
-    start, used = 0, overhead
-    for i, size in enumerate(sizes):
-        if i > start and (i - start >= max_vectors or used + 1 + size > max_bytes):
-            runs.append((start, i))
-            start, used = i, overhead
-        used += size + (1 if i > start else 0)
-    if start < len(sizes):
-        runs.append((start, len(sizes)))
-    return runs
-
-
-def pinecone_filter(where: QueryFilter) -> dict[str, Any]:
-    flt: dict[str, Any] = {}
-    for name in ("source", "collection", "doc_id"):
-        value = getattr(where, name)
-        if value:
-            flt[name] = {"$eq": value}
-    published: dict[str, float] = {}
-    if where.published_after is not None:
-        published["$gte"] = float(where.published_after)
-    if where.published_before is not None:
-        published["$lt"] = float(where.published_before)
-    if published:
-        flt["published_at"] = published
-    return flt
-
-
-def _from_wire(metadata: dict[str, Any] | None) -> dict[str, Any]:
-    """Pinecone stores every number as float64: give the integer fields back as ints."""
-    out = dict(metadata or {})
-    for name in ("chunk_index", "chunk_count"):
-        value = out.get(name)
-        if isinstance(value, float) and value.is_integer():
-            out[name] = int(value)
-    return out
-
-
-class PineconeSink:
+class PineconeSink(VendorSink):
     name = "pinecone"
 
+    @classmethod
+    def from_config(cls, cfg: PineconeSinkConfig, retry: RetryConfig, *,
+                    on_retry: OnRetry | None = None) -> PineconeSink:
+        return cls(cfg, retry, on_retry=on_retry)
+
     def __init__(self, cfg: PineconeSinkConfig, retry: RetryConfig, *,
-                 on_retry: Callable[[BaseException, float], None] | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 on_retry: OnRetry | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
         from pinecone import Pinecone
         from pinecone import RetryConfig as SdkRetryConfig
         from pinecone.errors import PineconeError
@@ -207,12 +88,10 @@ class PineconeSink:
         api_key = cfg.api_key.get_secret_value().strip()
         if not api_key:  # the SDK would fall back to PINECONE_API_KEY on its own
             raise ConfigError("sinks.pinecone.api_key is empty")
+        super().__init__(retry, max_parallel_requests=cfg.max_parallel_requests, on_retry=on_retry,
+                         sleep=sleep)
         self.cfg = cfg
         self.target = f"{cfg.index}/{cfg.namespace}"
-        self._retry = retry
-        self._probe = RetryConfig(max_attempts=1, max_elapsed_s=retry.max_elapsed_s)
-        self._on_retry = on_retry
-        self._sleep = sleep
         self._timeout_s = cfg.timeout_s
         try:
             self._pc = Pinecone(api_key=api_key, host=cfg.controller_host or DEFAULT_CONTROLLER_HOST,
@@ -222,28 +101,18 @@ class PineconeSink:
             raise ConfigError(f"sinks.pinecone: cannot build the client: {type(exc).__name__}") from None
         self._index: Any = None
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(cfg.max_parallel_requests, thread_name_prefix="pinecone")
         self._dims: int | None = None
         self._metric: str | None = None
 
     # -- plumbing ----------------------------------------------------------------------------
-    def _call(self, what: str, fn: Callable[[], T], *, policy: RetryConfig | None = None) -> T:
-        """One SDK call under our retry policy; vendor exceptions leave translated."""
+    def _attempt(self, what: str, fn: Callable[[], T]) -> T:
+        """One SDK call; vendor exceptions leave translated."""
         from pinecone.errors import PineconeError
 
-        def attempt() -> T:
-            try:
-                return fn()
-            except (PineconeError, OSError) as exc:
-                raise translate(exc, what) from exc
-
-        def on_retry(exc: BaseException, sleep_s: float) -> None:
-            log.warning("pinecone call failed; retrying", extra={
-                "op": what, "error": str(exc)[:200], "sleep_s": round(sleep_s, 3)})
-            if self._on_retry is not None:
-                self._on_retry(exc, sleep_s)
-
-        return retrying(policy or self._retry, on_retry=on_retry, sleep=self._sleep)(attempt)
+        try:
+            return fn()
+        except (PineconeError, OSError) as exc:
+            raise translate(exc, what) from exc
 
     def _data(self, *, policy: RetryConfig | None = None) -> Any:
         """The data-plane client; resolves the host by describe unless ``index_host`` is set."""
@@ -253,8 +122,8 @@ class PineconeSink:
                 if not host:
                     model = self._describe(policy=policy)
                     if model is None:
-                        raise _Missing(f"pinecone index {self.cfg.index!r} does not exist; it is "
-                                       "created by ensure() at start-up")
+                        raise Missing(f"pinecone index {self.cfg.index!r} does not exist; it is "
+                                      "created by ensure() at start-up")
                     host = model.host
                     self._metric = self._metric or getattr(model, "metric", None)
                 self._index = self._open(host)
@@ -275,27 +144,8 @@ class PineconeSink:
         try:
             return self._call(f"describe_index {self.cfg.index}",
                               lambda: self._pc.describe_index(self.cfg.index), policy=policy)
-        except _Missing:
+        except Missing:
             return None
-
-    def _parallel(self, fn: Callable[[Any], T], items: Sequence[Any]) -> list[T]:
-        """``fn`` over ``items`` on the bounded pool; the first error is raised after the rest."""
-        if len(items) <= 1:
-            return [fn(item) for item in items]
-        futures = [self._pool.submit(fn, item) for item in items]
-        results: list[T] = []
-        error: BaseException | None = None
-        for future in futures:
-            try:
-                results.append(future.result())
-            except BaseException as exc:  # noqa: BLE001 - re-raised below
-                if error is None:
-                    error = exc
-                    for pending in futures:
-                        pending.cancel()  # fail fast: requests not yet started never start
-        if error is not None:
-            raise error
-        return results
 
     # -- protocol ----------------------------------------------------------------------------
     def ensure(self, dimensions: int, metric: str) -> None:
@@ -333,7 +183,7 @@ class PineconeSink:
             self._call(f"create_index {name}", lambda: self._pc.create_index(
                 name=name, spec=ServerlessSpec(cloud=self.cfg.cloud, region=self.cfg.region),
                 dimension=dimensions, metric="cosine", timeout=-1))  # we poll, with our sleep
-        except _Refused as exc:
+        except Refused as exc:
             if exc.status != 409:  # 409: created meanwhile (by another worker, or a lost answer)
                 raise
         for _ in range(READY_POLLS):
@@ -362,7 +212,7 @@ class PineconeSink:
                 self._call(f"upsert into {self.target}", lambda: index.upsert(
                     vectors=batch, namespace=self.cfg.namespace, timeout=self._timeout_s))
                 return UpsertOutcome(written=len(batch))
-            except _Refused as exc:
+            except Refused as exc:
                 if len(batch) == 1:
                     return UpsertOutcome(rejected={batch[0]["id"]: exc.server_message})
                 half = len(batch) // 2  # bisect to the records at fault; the rest are written
@@ -435,7 +285,7 @@ class PineconeSink:
             return {vid: vector.metadata for vid, vector in response.vectors.items()}
 
         found: dict[str, StoredDocument] = {}
-        for part in self._parallel(fetch, _fetch_batches(owner)):
+        for part in self._parallel(fetch, fetch_batches(owner)):
             for vid, metadata in part.items():
                 try:
                     found[owner[vid]] = stored_from_metadata(metadata or {})
@@ -453,7 +303,7 @@ class PineconeSink:
         response = self._call(f"query {self.target}", lambda: index.query(
             top_k=min(k, MAX_TOP_K), vector=values, namespace=self.cfg.namespace, filter=flt,
             include_metadata=True, timeout=self._timeout_s))
-        return [hit_from_metadata(m.id, m.score, _from_wire(m.metadata)) for m in response.matches]
+        return [hit_from_metadata(m.id, m.score, from_wire(m.metadata)) for m in response.matches]
 
     def info(self) -> SinkInfo:
         """One attempt, no retries: this is a probe for ``check`` and /readyz."""
@@ -463,7 +313,7 @@ class PineconeSink:
             stats = self._call(f"describe_index_stats {self.cfg.index}",
                                lambda: index.describe_index_stats(timeout=self._timeout_s),
                                policy=self._probe)
-        except _Missing as exc:
+        except Missing as exc:
             if not self.cfg.index_host:  # reachable; ensure() creates the index on start
                 return SinkInfo(self.name, True, target, None, None, None)
             return SinkInfo(self.name, False, target, None, None, None, error=str(exc))
@@ -477,7 +327,7 @@ class PineconeSink:
                         summary.vector_count if summary is not None else 0)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        self._close_pool()
         for client in (self._index, self._pc):
             try:
                 if client is not None:
@@ -486,18 +336,4 @@ class PineconeSink:
                 log.debug("pinecone client close failed", exc_info=True)
 
 
-def _fetch_batches(owner: dict[str, str]) -> list[list[str]]:
-    """Chunk-0 ids in batches that keep the fetch URL short (ids are percent-encoded)."""
-    batches: list[list[str]] = []
-    current: list[str] = []
-    chars = 0
-    for vid in owner:
-        cost = len(quote(vid, safe="")) + 5  # "&ids="
-        if current and (len(current) >= FETCH_BATCH_IDS or chars + cost > FETCH_BATCH_URL_CHARS):
-            batches.append(current)
-            current, chars = [], 0
-        current.append(vid)
-        chars += cost
-    if current:
-        batches.append(current)
-    return batches
+KIND = SinkKind("pinecone", PineconeSinkConfig, PineconeSink.from_config)

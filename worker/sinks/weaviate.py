@@ -56,233 +56,52 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import grpc
 import httpx
 import numpy as np
+from pydantic import Field, SecretStr
 
-from worker.config import RetryConfig, WeaviateSinkConfig
-from worker.errors import ConfigError, FatalError, SinkMismatch, SinkUnavailable, WorkerError
+from worker.configbase import RetryConfig, Strict
+from worker.errors import ConfigError, SinkMismatch, SinkUnavailable, WorkerError
 from worker.ids import chunk_id, chunk_uuid
 from worker.records import QueryFilter, QueryHit, StoredDocument, VectorRecord
-from worker.retry import retrying
-from worker.sinks.base import SinkInfo, UpsertOutcome, hit_from_metadata, stored_from_metadata
+from worker.sinks.base import (OnRetry, SinkInfo, SinkKind, UpsertOutcome, hit_from_metadata,
+                               stored_from_metadata)
+from worker.sinks.vendor import VendorSink, parse_retry_after
+from worker.sinks.weaviate_wire import (ALL_PROPERTIES, FETCH_BATCH_IDS, MAX_QUERY_RESULTS, VECTOR_NAME,
+                                        GrpcUnavailable, ObjectsFailing, fail_fast_grpc,
+                                        install_log_filter, object_error_kind, schema_properties,
+                                        stored_properties, translate, weaviate_filter, wire_properties)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-VECTOR_NAME = "default"
-#: Text properties compared whole (Equal filters, deletes): ``field`` tokenization.
-ID_PROPERTIES = ("doc_id", "source", "collection", "content_hash", "text_hash", "meta_hash",
-                 "version", "url")
-TEXT_PROPERTIES = ("title", "text", "extra")
-INT_PROPERTIES = ("chunk_index", "chunk_count")
-ALL_PROPERTIES = (*ID_PROPERTIES, *TEXT_PROPERTIES, *INT_PROPERTIES, "published_at")
-MAX_QUERY_RESULTS = 10_000  # the server's QUERY_MAXIMUM_RESULTS default
-FETCH_BATCH_IDS = 500
 
-_TRANSIENT_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED",
-                              "INTERNAL", "UNKNOWN", "CANCELLED"})
-_TRANSIENT_HINTS = ("deadline exceeded", "context canceled", "timeout", "timed out", "unavailable",
-                    "connection refused", "connection reset", "broken pipe", "unexpected eof",
-                    "not enough replicas", "read-only", "readonly", "read only", "shutting down",
-                    "not ready", "too many requests", "rate limit", "resource exhausted",
-                    "temporar", "try again", "memory pressure", "disk full", "no space left")
-_PERMANENT_HINTS = ("invalid", "vector length", "vector with length", "dimension", "not a valid",
-                    "no such prop", "does not have", "must be", "reserved", "could not infer",
-                    "not allowed", "too long", "exceeds", "cannot parse", "could not parse",
-                    "unsupported")
-_MISSING_HINTS = ("could not find class", "class not found", "collection not found")
+class WeaviateSinkConfig(Strict):
+    url: str
+    grpc_host: str | None = None
+    grpc_port: int = 50051
+    grpc_secure: bool | None = None
+    api_key: SecretStr | None = None
+    collection: str = "MemoryChunk"
+    timeout_s: float = Field(default=10.0, gt=0)
+    batch_objects: int = Field(default=200, ge=1)
+    max_parallel_requests: int = Field(default=2, ge=1, le=16)
 
 
-def object_error_kind(message: str) -> str:
-    """``transient``, ``permanent``, ``missing`` (the collection is gone) or ``unknown``."""
-    text = message.lower()
-    if any(h in text for h in _MISSING_HINTS):
-        return "missing"
-    if any(h in text for h in _TRANSIENT_HINTS):
-        return "transient"
-    if any(h in text for h in _PERMANENT_HINTS):
-        return "permanent"
-    return "unknown"
-
-
-class GrpcUnavailable(Exception):
-    """gRPC UNAVAILABLE, raised by :class:`FailFastStub` past the client's retry loop.
-
-    Deliberately not a ``grpc.RpcError``: the client catches only those (and its own errors).
-    """
-
-
-class FailFastStub:
-    """The client's gRPC stub, with UNAVAILABLE surfacing at once instead of after 15-63 s."""
-
-    def __init__(self, stub: Any, address: str) -> None:
-        self._stub = stub
-        self._address = address
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self._stub, name)
-        if not callable(method):
-            return method
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return method(*args, **kwargs)
-            except grpc.RpcError as exc:
-                code = exc.code() if callable(getattr(exc, "code", None)) else None
-                if code == grpc.StatusCode.UNAVAILABLE:
-                    details = exc.details() if callable(getattr(exc, "details", None)) else ""
-                    raise GrpcUnavailable(f"gRPC {self._address} UNAVAILABLE: {details}") from exc
-                raise
-
-        setattr(self, name, call)  # cached: __getattr__ runs once per method
-        return call
-
-
-def fail_fast_grpc(client: Any, address: str) -> bool:
-    """Put :class:`FailFastStub` in front of the connection's stub (private attribute; guarded)."""
-    conn = getattr(client, "_connection", None)
-    stub = getattr(conn, "_grpc_stub", None)
-    if stub is None:
-        log.warning("weaviate client's gRPC stub not found; its hidden UNAVAILABLE retries "
-                    "(up to 63 s per call) stay active under ours")
-        return False
-    if not isinstance(stub, FailFastStub):
-        conn._grpc_stub = FailFastStub(stub, address)
-    return True
-
-
-class DropBatchObjectDumps(logging.Filter):
-    """Drop the client's "Failed to send N objects" ERROR records: they carry whole vectors."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (isinstance(record.msg, dict) and "errors" in record.msg)
-
-
-def _install_log_filter() -> None:
-    client_log = logging.getLogger("weaviate-client")
-    if not any(isinstance(f, DropBatchObjectDumps) for f in client_log.filters):
-        client_log.addFilter(DropBatchObjectDumps())
-
-
-def _grpc_code(exc: BaseException) -> str | None:
-    """The gRPC status name behind a client exception (it keeps the RpcError as context)."""
-    seen = 0
-    node: BaseException | None = exc
-    while node is not None and seen < 6:
-        if isinstance(node, grpc.RpcError) and callable(getattr(node, "code", None)):
-            return node.code().name
-        node = node.__cause__ or node.__context__
-        seen += 1
-    return None
-
-
-def _retry_after(raw: str | None) -> float | None:
-    try:
-        value = float(raw) if raw is not None else None
-    except ValueError:
-        return None  # an HTTP date: rare enough to fall back on our own backoff
-    return value if value is not None and value >= 0 else None
-
-
-def translate(exc: BaseException, what: str, *, retry_after_s: float | None = None) -> WorkerError:
-    """The worker error for a vendor exception (``raise translate(exc, ...) from exc``)."""
-    from weaviate.exceptions import (UnexpectedStatusCodeError, WeaviateClosedClientError,
-                                     WeaviateInvalidInputError, WeaviateStartUpError)
-
-    where = f"weaviate {what}"
-    if isinstance(exc, GrpcUnavailable):
-        return SinkUnavailable(f"{where}: {exc}")
-    code = _grpc_code(exc)
-    if code is not None:
-        if code in _TRANSIENT_CODES:
-            return SinkUnavailable(f"{where}: gRPC {code}: {exc}")
-        if code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
-            return ConfigError(f"{where}: gRPC {code}; check sinks.weaviate.api_key and its "
-                               "permissions on the collection")
-        return FatalError(f"{where} refused (gRPC {code}): {exc}")
-    if isinstance(exc, UnexpectedStatusCodeError):  # REST; InsufficientPermissionsError included
-        status = exc.status_code
-        if status in (401, 403):
-            return ConfigError(f"{where}: HTTP {status}; check sinks.weaviate.api_key and its "
-                               "permissions on the collection")
-        if status == 429:
-            return SinkUnavailable(f"{where}: rate limited (429)", retry_after_s=retry_after_s)
-        if status >= 500 or status == 408:
-            return SinkUnavailable(f"{where}: HTTP {status}: {exc.error}",
-                                   retry_after_s=retry_after_s)
-        return FatalError(f"{where} refused (HTTP {status}): {exc.error}")
-    if isinstance(exc, WeaviateStartUpError) and exc.__cause__ is None:
-        return ConfigError(f"{where}: {exc}")  # e.g. a server older than 1.27
-    if isinstance(exc, (WeaviateClosedClientError, WeaviateInvalidInputError)):
-        return FatalError(f"{where}: {exc}")
-    # Timeouts, connection errors, dropped connections, retry errors, undecodable answers.
-    return SinkUnavailable(f"{where}: {type(exc).__name__}: {exc}")
-
-
-class _ObjectsFailing(SinkUnavailable):
-    """Some objects of a slice failed with errors worth retrying (inside :meth:`upsert`)."""
-
-
-def _stored_properties(props: dict[str, Any]) -> dict[str, Any]:
-    """Properties as the worker wrote them: ints may come back as floats, numbers as ints."""
-    out = dict(props)
-    for name in INT_PROPERTIES:
-        value = out.get(name)
-        if isinstance(value, float) and value.is_integer():
-            out[name] = int(value)
-    if isinstance(out.get("published_at"), int):
-        out["published_at"] = float(out["published_at"])
-    return out
-
-
-def _wire_properties(meta: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {n: str(meta.get(n, "")) for n in (*ID_PROPERTIES, *TEXT_PROPERTIES)}
-    for name in INT_PROPERTIES:
-        out[name] = int(meta[name])
-    out["published_at"] = float(meta["published_at"])
-    return out
-
-
-def weaviate_filter(where: QueryFilter) -> Any:
-    from weaviate.classes.query import Filter
-
-    parts = [Filter.by_property(n).equal(getattr(where, n))
-             for n in ("source", "collection", "doc_id") if getattr(where, n)]
-    if where.published_after is not None:
-        parts.append(Filter.by_property("published_at").greater_or_equal(float(where.published_after)))
-    if where.published_before is not None:
-        parts.append(Filter.by_property("published_at").less_than(float(where.published_before)))
-    if not parts:
-        return None
-    return parts[0] if len(parts) == 1 else Filter.all_of(parts)
-
-
-def _schema_properties() -> list[Any]:
-    from weaviate.classes.config import DataType, Property, Tokenization
-
-    props = [Property(name=n, data_type=DataType.TEXT, tokenization=Tokenization.FIELD,
-                      index_searchable=False) for n in ID_PROPERTIES]
-    props += [Property(name="title", data_type=DataType.TEXT, index_filterable=False),
-              Property(name="text", data_type=DataType.TEXT, index_filterable=False),
-              Property(name="extra", data_type=DataType.TEXT, index_filterable=False,
-                       index_searchable=False)]
-    props += [Property(name=n, data_type=DataType.INT, index_range_filters=True)
-              for n in INT_PROPERTIES]
-    props.append(Property(name="published_at", data_type=DataType.NUMBER, index_range_filters=True))
-    return props
-
-
-class WeaviateSink:
+class WeaviateSink(VendorSink):
     name = "weaviate"
 
+    @classmethod
+    def from_config(cls, cfg: WeaviateSinkConfig, retry: RetryConfig, *,
+                    on_retry: OnRetry | None = None) -> WeaviateSink:
+        return cls(cfg, retry, on_retry=on_retry)
+
     def __init__(self, cfg: WeaviateSinkConfig, retry: RetryConfig, *,
-                 on_retry: Callable[[BaseException, float], None] | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 on_retry: OnRetry | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
         url = urlsplit(cfg.url)
         if url.scheme not in ("http", "https") or not url.hostname or url.path not in ("", "/"):
             raise ConfigError(f"sinks.weaviate.url {cfg.url!r} must look like "
@@ -295,18 +114,15 @@ class WeaviateSink:
         self._grpc_secure = self._http_secure if cfg.grpc_secure is None else cfg.grpc_secure
         self._collection_name = cfg.collection[:1].upper() + cfg.collection[1:]
         self.target = f"{url.scheme}://{url.netloc}/{self._collection_name}"
-        self._retry = retry
-        self._probe = RetryConfig(max_attempts=1, max_elapsed_s=retry.max_elapsed_s)
-        self._on_retry = on_retry
-        self._sleep = sleep
+        super().__init__(retry, max_parallel_requests=cfg.max_parallel_requests, on_retry=on_retry,
+                         sleep=sleep)
         self._lock = threading.Lock()
         self._client: Any = None
         self._coll: Any = None
         self._http_retry_after = threading.local()
         self._vector_name: str | None = VECTOR_NAME
         self._dims: int | None = None
-        self._pool = ThreadPoolExecutor(cfg.max_parallel_requests, thread_name_prefix="weaviate")
-        _install_log_filter()
+        install_log_filter()
 
     # -- plumbing ----------------------------------------------------------------------------
     def _connect(self) -> Any:
@@ -333,7 +149,7 @@ class WeaviateSink:
                     raise SinkUnavailable(f"weaviate at {self.cfg.url} is not ready "
                                           "(/v1/.well-known/ready)")
                 fail_fast_grpc(client, f"{self._grpc_host}:{self.cfg.grpc_port}")
-                self._watch_retry_after(client)
+                self._watchparse_retry_after(client)
             except BaseException:
                 client.close()
                 raise
@@ -341,7 +157,7 @@ class WeaviateSink:
             self._coll = client.collections.use(self._collection_name)
             return self._coll
 
-    def _watch_retry_after(self, client: Any) -> None:
+    def _watchparse_retry_after(self, client: Any) -> None:
         """Keep a 429/503's Retry-After: the client's REST errors drop the response headers."""
         http = getattr(getattr(client, "_connection", None), "_client", None)
         hooks = getattr(http, "event_hooks", None)
@@ -351,55 +167,24 @@ class WeaviateSink:
 
         def on_response(response: Any) -> None:
             if response.status_code in (429, 503):
-                store.value = _retry_after(response.headers.get("retry-after"))
+                store.value = parse_retry_after(response.headers.get("retry-after"))
 
         http.event_hooks = {**hooks, "response": [*hooks.get("response", []), on_response]}
 
-    def _call(self, what: str, fn: Callable[[Any], T], *, policy: RetryConfig | None = None) -> T:
-        """``fn(collection)`` under our retry policy; vendor exceptions leave translated."""
+    def _attempt(self, what: str, fn: Callable[[Any], T]) -> T:
+        """``fn(collection)`` once; vendor exceptions leave translated."""
         from weaviate.exceptions import WeaviateBaseError
 
-        def attempt() -> T:
-            try:
-                return fn(self._connect())
-            except WorkerError:
-                raise
-            except (WeaviateBaseError, GrpcUnavailable, grpc.RpcError, httpx.HTTPError,
-                    OSError) as exc:
-                raise self._translate(exc, what) from exc
-
-        def on_retry(exc: BaseException, sleep_s: float) -> None:
-            log.warning("weaviate call failed; retrying", extra={
-                "op": what, "error": str(exc)[:200], "sleep_s": round(sleep_s, 3)})
-            if self._on_retry is not None:
-                self._on_retry(exc, sleep_s)
-
-        return retrying(policy or self._retry, on_retry=on_retry, sleep=self._sleep)(attempt)
+        try:
+            return fn(self._connect())
+        except WorkerError:
+            raise
+        except (WeaviateBaseError, GrpcUnavailable, grpc.RpcError, httpx.HTTPError, OSError) as exc:
+            raise self._translate(exc, what) from exc
 
     def _translate(self, exc: BaseException, what: str) -> WorkerError:
         retry_after = self._http_retry_after.__dict__.pop("value", None)
         return translate(exc, f"{what} ({self.target})", retry_after_s=retry_after)
-
-    def _parallel(self, fn: Callable[[Any], T], items: Sequence[Any]) -> list[T]:
-        """``fn`` over ``items`` on the bounded pool; the first error is raised after the rest."""
-        if len(items) <= 1 or self.cfg.max_parallel_requests == 1:
-            return [fn(item) for item in items]
-        futures = [self._pool.submit(fn, item) for item in items]
-        results: list[T] = []
-        error: BaseException | None = None
-        for future in futures:
-            if future.cancelled():
-                continue
-            try:
-                results.append(future.result())
-            except BaseException as exc:  # noqa: BLE001 - re-raised below
-                if error is None:
-                    error = exc
-                    for pending in futures:
-                        pending.cancel()  # slices not yet started never start
-        if error is not None:
-            raise error
-        return results
 
     # -- protocol ----------------------------------------------------------------------------
     def ensure(self, dimensions: int, metric: str) -> None:
@@ -436,7 +221,7 @@ class WeaviateSink:
             try:
                 client.collections.create(
                     self._collection_name, description="ai-memory-worker chunks",
-                    properties=_schema_properties(),
+                    properties=schema_properties(),
                     vector_config=Configure.Vectors.self_provided(
                         name=VECTOR_NAME, vector_index_config=Configure.VectorIndex.hnsw(
                             distance_metric=VectorDistances.COSINE)))
@@ -467,7 +252,7 @@ class WeaviateSink:
                                "the worker needs cosine; point sinks.weaviate.collection elsewhere")
         have = {p.name: p for p in config.properties}
         problems, missing = [], []
-        for prop in _schema_properties():
+        for prop in schema_properties():
             held = have.get(prop.name)
             if held is None:
                 missing.append(prop)
@@ -537,12 +322,12 @@ class WeaviateSink:
             pending = retry
             if pending:
                 kinds = sorted({failing[r.id][0] for r in pending})
-                raise _ObjectsFailing(f"weaviate {self.target}: {len(pending)} objects failed "
+                raise ObjectsFailing(f"weaviate {self.target}: {len(pending)} objects failed "
                                       f"({', '.join(kinds)}): {failing[pending[0].id][1][:200]}")
 
         try:
             self._call(f"insert {len(records)} objects", attempt)
-        except _ObjectsFailing:
+        except ObjectsFailing:
             transient = [rid for rid, (kind, _) in failing.items() if kind == "transient"]
             if transient:
                 raise
@@ -555,7 +340,7 @@ class WeaviateSink:
         from weaviate.exceptions import WeaviateInsertManyAllFailedError
 
         name = self._vector_name
-        objects = [DataObject(properties=_wire_properties(r.metadata), uuid=r.uuid,
+        objects = [DataObject(properties=wire_properties(r.metadata), uuid=r.uuid,
                               vector={name: r.vector.tolist()} if name else r.vector.tolist())
                    for r in records]
         try:
@@ -614,7 +399,7 @@ class WeaviateSink:
         for objects in self._parallel(fetch, batches):
             for obj in objects:
                 doc_id = owner.get(str(obj.uuid))
-                props = _stored_properties(obj.properties)
+                props = stored_properties(obj.properties)
                 try:
                     if doc_id is not None and props.get("doc_id") == doc_id:
                         found[doc_id] = stored_from_metadata(props)
@@ -636,7 +421,7 @@ class WeaviateSink:
             return_properties=list(ALL_PROPERTIES)))
         hits = []
         for obj in result.objects:
-            props = _stored_properties(obj.properties)
+            props = stored_properties(obj.properties)
             record_id = chunk_id(str(props.get("doc_id", "")), int(props.get("chunk_index", 0)))
             hits.append(hit_from_metadata(record_id, 1.0 - float(obj.metadata.distance), props))
         return hits
@@ -659,7 +444,7 @@ class WeaviateSink:
         return SinkInfo(self.name, True, self.target, dims, "cosine", count)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        self._close_pool()
         with self._lock:
             client, self._client, self._coll = self._client, None, None
         if client is not None:
@@ -667,3 +452,6 @@ class WeaviateSink:
                 client.close()
             except Exception:  # noqa: BLE001 - closing is best effort
                 log.debug("weaviate client close failed", exc_info=True)
+
+
+KIND = SinkKind("weaviate", WeaviateSinkConfig, WeaviateSink.from_config)
