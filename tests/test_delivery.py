@@ -275,3 +275,26 @@ def test_retries_are_counted_per_sink(tmp_path, emulators, service_factory):
         m = parse_prometheus(client.http.get("/metrics").text)
     assert m['memory_worker_sink_retries_total{sink="pinecone"}'] == 2
     assert m.get('memory_worker_sink_retries_total{sink="weaviate"}', 0) == 0
+
+
+def test_a_document_that_always_breaks_preparation_is_dead_lettered_and_the_rest_flow(tmp_path,
+                                                                                     service_factory):
+    config = make_config(tmp_path, retry={"initial_backoff_s": 0.01, "max_backoff_s": 0.02})
+    service = service_factory(config)
+    real = service.rt.preparer.prepare
+
+    def prepare(docs, stats=None):  # noqa: ANN001, ANN202 - a stage bug triggered by one document
+        if any("POISON" in s.text for d in docs for s in d.sections):
+            raise RuntimeError("stage bug (test)")
+        return real(docs, stats)
+
+    service.rt.preparer.prepare = prepare
+    for i, text in enumerate(["before the poison", "POISON pill", "after the poison"]):
+        service.intake.accept(SLACK, orjson.dumps([slack_doc(f"5.{i}", text, at=T0 + i)]))
+    service.start()
+    wait_for(lambda: service.spool.depth() == 0 and behind(service)["local"] == 0, "the stream to flow")
+    assert {r["doc_id"] for r in service.rt.sinks["local"].rows()} == {"slack:C024BE91L/5.0",
+                                                                       "slack:C024BE91L/5.2"}
+    [letter] = service.rt.dead_letters.list()
+    assert letter.stage == "prepare" and "stage bug (test)" in letter.reason
+    assert letter.raw["text"] == "POISON pill"

@@ -1,4 +1,4 @@
-"""``memory-worker``: check, run, reindex, query, dlq."""
+"""``memory-worker``: check, run, reindex, query, schema, dlq."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import orjson
 
 from worker.config import WorkerConfig, load_config, masked
 from worker.errors import FatalError, WorkerError
@@ -21,7 +20,6 @@ from worker.records import QueryFilter
 from worker.sinks.registry import SINKS
 
 DEFAULT_CONFIG = "configs/local.yaml"
-GROUP_DOCS = 256  # documents per pipeline pass during reindex
 
 
 def _env() -> dict[str, str]:
@@ -30,33 +28,6 @@ def _env() -> dict[str, str]:
 
 def _config(args: argparse.Namespace) -> WorkerConfig:
     return load_config(Path(args.config), _env())
-
-
-# -- input files -------------------------------------------------------------------------------
-
-def read_documents(path: Path) -> Iterator[tuple[Any, str | None]]:
-    """Yield ``(document, None)`` or ``(None, reason)`` for unreadable parts.
-
-    ``.json``: one array (a webhook request body) or one object. ``.jsonl``: one document per
-    line. A bad line is reported and skipped; the rest of the file goes on.
-    """
-    if path.suffix == ".jsonl":
-        with path.open("rb") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield orjson.loads(line), None
-                except orjson.JSONDecodeError as exc:
-                    yield None, f"{path}:{n}: invalid JSON ({exc})"
-        return
-    try:
-        data = orjson.loads(path.read_bytes())
-    except orjson.JSONDecodeError as exc:
-        yield None, f"{path}: invalid JSON ({exc})"
-        return
-    for doc in data if isinstance(data, list) else [data]:
-        yield doc, None
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -113,18 +84,26 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_reindex(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from worker.runtime import build_runtime
+    from worker.records import ApplyStats
+    from worker.runtime import build_replay, build_runtime
+    from worker.sources.files import FileSource
 
     config = _config(args)
-    if args.from_dekaf:
-        from worker.dekaf import reindex_command
+    progress = not args.quiet and (sys.stderr.isatty() or args.progress)
+    kind = "dekaf" if args.from_dekaf else "kafka" if args.from_kafka else None
+    if kind is not None:
+        from worker.sources.replay import reindex_command
 
-        return reindex_command(config, _env(), sink=args.sink, group_id=args.group,
+        if getattr(config.sources, kind) is None:
+            print(f"error: --from-{kind} needs sources.{kind} in the config", file=sys.stderr)
+            return 2
+        rt, source_config, codec = build_replay(config, _env(), kind, sink=args.sink)
+        return reindex_command(rt, kind, source_config, codec, group_id=args.group,
                                from_beginning=args.from_beginning, collection=args.collection,
-                               progress=not args.quiet and (sys.stderr.isatty() or args.progress),
-                               as_json=args.json)
+                               progress=progress, as_json=args.json)
     if not args.collection or not args.paths:
-        print("error: reindex needs --collection and at least one path (or --from-dekaf)", file=sys.stderr)
+        print("error: reindex needs --collection and at least one path (or --from-dekaf / --from-kafka)",
+              file=sys.stderr)
         return 2
     if config.binding(args.collection) is None:
         known = ", ".join(b.collection for b in config.bindings)
@@ -133,48 +112,36 @@ def cmd_reindex(args: argparse.Namespace) -> int:
         return 2
     rt = build_runtime(config, _env(), sink=args.sink)
     started = time.perf_counter()
-    totals = {"documents": 0, "dead_lettered": 0}
-    from worker.pipeline import ApplyStats
-
     stats = ApplyStats()
-    unreadable = 0
+    rejected = 0
+
+    def unreadable(problem: str) -> None:
+        rt.dead_letters.add(args.collection, None, "read", problem, None)
+        print(f"warning: {problem}", file=sys.stderr)
+
+    source = FileSource(args.collection, [Path(p) for p in args.paths], on_unreadable=unreadable)
     try:
-        paths = [Path(p) for p in args.paths]
-        bar = tqdm(total=None, unit="doc", disable=args.quiet or not sys.stderr.isatty() and not args.progress,
-                   desc="reindex", file=sys.stderr)
-        group: list[Any] = []
+        bar = tqdm(total=None, unit="doc", disable=not progress, desc="reindex", file=sys.stderr)
 
-        def flush() -> None:
-            docs, rejected = rt.pipeline.validate(args.collection, group)
-            totals["dead_lettered"] += rejected
+        def feed(collection: str, raws: list[Any], origin: str) -> None:  # prepare → write, directly
+            nonlocal rejected
+            docs, bad = rt.pipeline.validate(collection, raws)
+            rejected += bad
             stats.add(rt.pipeline.apply(docs))
-            bar.update(len(group))
+            bar.update(len(raws))
             bar.set_postfix(chunks=stats.chunks, refresh=False)
-            group.clear()
 
-        for path in paths:
-            for doc, problem in read_documents(path):
-                if problem is not None:
-                    unreadable += 1
-                    rt.dead_letters.add(args.collection, None, "read", problem, None)
-                    print(f"warning: {problem}", file=sys.stderr)
-                    continue
-                totals["documents"] += 1
-                group.append(doc)
-                if len(group) >= GROUP_DOCS:
-                    flush()
-        if group:
-            flush()
+        source.run(feed)
         bar.close()
     finally:
         rt.close()
     elapsed = time.perf_counter() - started
     summary = {
-        "documents": totals["documents"], "keys": stats.documents, "written": stats.written,
+        "documents": source.documents, "keys": stats.documents, "written": stats.written,
         "deleted": stats.deleted, "chunks": stats.chunks, "tokens": stats.tokens,
         "skipped": stats.skipped_stale + stats.unchanged, "skipped_stale": stats.skipped_stale,
         "unchanged": stats.unchanged, "empty": stats.empty,
-        "dead_lettered": totals["dead_lettered"] + unreadable + stats.dead_lettered,
+        "dead_lettered": rejected + source.unreadable + stats.dead_lettered,
         "elapsed_s": round(elapsed, 2),
         "chunks_per_s": round(stats.chunks / elapsed, 1) if elapsed else 0.0,
         "dead_letter_store": str(rt.dead_letters.path),
@@ -195,7 +162,13 @@ def cmd_query(args: argparse.Namespace) -> int:
     sink = build_sinks(config, only=name)[name]
     where = QueryFilter(source=args.source, collection=args.collection,
                         published_after=parse_time(args.after), published_before=parse_time(args.before))
-    hits = sink.query(embedder.embed_query(args.text), args.k, where)
+    from worker.documents import Binding
+    from worker.screen import Screen
+
+    secret = config.privacy.pseudonym_secret
+    screen = Screen({b.collection: Binding(b) for b in config.bindings},
+                    secret=secret.get_secret_value().encode() if secret is not None else None)
+    hits = sink.query(embedder.embed_query(screen.mask_query(args.text, args.collection)), args.k, where)
     sink.close()
     if args.json:
         print(json.dumps([h.as_json() for h in hits], ensure_ascii=False, indent=2))
@@ -209,6 +182,32 @@ def cmd_query(args: argparse.Namespace) -> int:
             print(f"    {h.metadata['url']}")
         print(f"    {excerpt}")
     return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from worker.documents import Binding
+    from worker.schema_check import check_schema
+
+    config = _config(args)
+    binding = config.binding(args.collection)
+    if binding is None:
+        print(f"error: collection {args.collection!r} has no binding in {args.config}", file=sys.stderr)
+        return 2
+    try:
+        schema = json.loads(Path(args.schema).read_text())
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot read {args.schema}: {exc}", file=sys.stderr)
+        return 2
+    report = check_schema(Binding(binding), schema)
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        print(f"{report.collection}: {'compatible' if report.compatible else 'NOT compatible'}")
+        for line in report.errors:
+            print(f"  error:   {line}")
+        for line in report.warnings:
+            print(f"  warning: {line}")
+    return 0 if report.compatible else 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -290,9 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "only this collection; default all of sources.dekaf.topics)")
     sp.add_argument("--from-dekaf", action="store_true",
                     help="replay the sources.dekaf topics into the configured sinks until caught up")
-    sp.add_argument("--group", help="with --from-dekaf: consumer group (default: a new one per run)")
+    sp.add_argument("--from-kafka", action="store_true",
+                    help="replay the sources.kafka (materialize-kafka) topics the same way")
+    sp.add_argument("--group", help="with --from-dekaf/--from-kafka: consumer group (default: a new one per run)")
     sp.add_argument("--from-beginning", action="store_true",
-                    help="with --from-dekaf: start at the beginning even if the group committed offsets")
+                    help="with --from-dekaf/--from-kafka: start at the beginning even if the group committed offsets")
     sp.add_argument("--sink", choices=list(SINKS), help="only this sink")
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -311,6 +312,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sink", choices=list(SINKS))
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_query)
+
+    sp = sub.add_parser("schema", help="check a collection's JSON schema against its binding")
+    config_arg(sp)
+    ssub = sp.add_subparsers(dest="schema_command", required=True)
+    sc = ssub.add_parser("check", help="can the binding read this schema? (what would be dead-lettered)")
+    sc.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sc.add_argument("--collection", required=True)
+    sc.add_argument("--schema", required=True, help="the collection's JSON schema (flowctl / the UI)")
+    sc.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_schema)
 
     sp = sub.add_parser("dlq", help="list, show, replay or purge dead letters")
     config_arg(sp)

@@ -20,6 +20,8 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, create_model,
 
 from worker.configbase import RetryConfig, Strict
 from worker.errors import ConfigError
+from worker.privacy import PrivacyPolicy
+from worker.quality import QualityRules
 from worker.sinks.registry import SINKS
 
 __all__ = ["RetryConfig", "Strict", "WorkerConfig", "load_config", "masked", "parse_config"]
@@ -45,6 +47,10 @@ class BindingConfig(Strict):
     url: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
     chunker: Literal["transcript", "slack", "markdown", "plain"] | None = None
+    #: PII and secret masking before anything is chunked or embedded (worker/privacy.py).
+    privacy: PrivacyPolicy | None = None
+    #: Data-quality rules (worker/quality.py): dead_letter, flag or drop_field per rule.
+    quality: QualityRules | None = None
 
     @model_validator(mode="after")
     def _preset_or_mapping(self) -> BindingConfig:
@@ -126,12 +132,24 @@ def _sink_names(self: Any) -> list[str]:
 SinksConfig.names = _sink_names  # type: ignore[attr-defined]
 
 
+class PrivacySettings(Strict):
+    #: The HMAC key of ``pseudonymize`` (e.g. ``${MEMORY_WORKER_PSEUDONYM_KEY}``); required when a
+    #: binding pseudonymizes. Changing it changes every token: re-materialize.
+    pseudonym_secret: SecretStr | None = None
+
+
+class DeadLettersConfig(Strict):
+    #: Store dead letters masked with their binding's privacy policy (secrets always) instead
+    #: of raw. Raw keeps ``dlq replay`` exact; masked keeps PII off this disk too.
+    redact: bool = False
+
+
 class WebhookSourceConfig(Strict):
     enabled: bool = True
 
 
-class DekafTopicConfig(Strict):
-    """One Dekaf topic → one binding. The topic name defaults to the collection name."""
+class KafkaTopicConfig(Strict):
+    """One topic → one binding. The topic name defaults to the collection name."""
 
     collection: str = Field(min_length=1)
     topic_name: str | None = None
@@ -141,29 +159,69 @@ class DekafTopicConfig(Strict):
         return self.topic_name or self.collection
 
 
-class DekafSourceConfig(Strict):
-    """Estuary's Kafka-protocol read path (Dekaf): a pull stream that can be replayed."""
+DekafTopicConfig = KafkaTopicConfig  # the name older code and configs' docs use
 
-    bootstrap_servers: str = "dekaf.estuary-data.com:9092"
+
+class KafkaConsumerConfig(Strict):
+    """What every Kafka-protocol source shares: connection, auth, group, topics, pacing."""
+
+    bootstrap_servers: str
     security_protocol: Literal["SASL_SSL", "SASL_PLAINTEXT", "SSL", "PLAINTEXT"] = "SASL_SSL"
-    sasl_mechanism: Literal["PLAIN"] = "PLAIN"
-    username: str | None = None  # the materialization's full task name
-    password: SecretStr | None = None  # the materialization's token
-    schema_registry_url: str = "https://dekaf.estuary-data.com"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    username: str | None = None
+    password: SecretStr | None = None
+    #: TLS: a CA bundle to trust (default: the system's), and a client certificate for mTLS.
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    ssl_key_password: SecretStr | None = None
+    schema_registry_url: str | None = None
     schema_registry_username: str | None = None  # default: username
     schema_registry_password: SecretStr | None = None  # default: password
     group_id: str = Field(min_length=1)
-    topics: tuple[DekafTopicConfig, ...] = Field(min_length=1)
-    deletions: Literal["kafka", "cdc"] = "kafka"
+    topics: tuple[KafkaTopicConfig, ...] = Field(min_length=1)
     max_batch_messages: int = Field(default=500, ge=1)
     poll_timeout_s: float = Field(default=1.0, gt=0)
     #: A member silent this long is dropped from the group and its partitions move on.
     session_timeout_s: float = Field(default=45.0, ge=1, le=300)
+    #: On a graceful rebalance, how long to wait for the sinks to apply what was read from a
+    #: partition being handed over before leaving the rest to its next owner.
+    delivery_wait_s: float = Field(default=10.0, ge=0)
+
+
+class DekafSourceConfig(KafkaConsumerConfig):
+    """Estuary's Kafka-protocol read path (Dekaf): one consumer per Dekaf task (see README)."""
+
+    bootstrap_servers: str = "dekaf.estuary-data.com:9092"
+    username: str | None = None  # the materialization's full task name
+    password: SecretStr | None = None  # the materialization's token
+    schema_registry_url: str | None = "https://dekaf.estuary-data.com"
+    deletions: Literal["kafka", "cdc"] = "kafka"
+
+
+class KafkaSourceConfig(KafkaConsumerConfig):
+    """Estuary's ``materialize-kafka`` writing into your own Kafka-compatible broker: the way to
+    spread the GPU work over N workers in one consumer group (read_committed, keyed by the
+    collection key, so a key's versions stay on one partition)."""
+
+    security_protocol: Literal["SASL_SSL", "SASL_PLAINTEXT", "SSL", "PLAINTEXT"] = "PLAINTEXT"
+    #: The connector's message format: ``json`` or ``avro`` (Confluent framing + schema registry).
+    message_format: Literal["json", "avro"] = "json"
+
+    @model_validator(mode="after")
+    def _avro_needs_a_registry(self) -> KafkaSourceConfig:
+        if self.message_format == "avro" and not self.schema_registry_url:
+            raise ValueError("sources.kafka.message_format avro needs sources.kafka.schema_registry_url")
+        return self
 
 
 class SourcesConfig(Strict):
     webhook: WebhookSourceConfig = WebhookSourceConfig()
     dekaf: DekafSourceConfig | None = None
+    kafka: KafkaSourceConfig | None = None
+
+    def kafka_sources(self) -> list[tuple[str, KafkaConsumerConfig]]:
+        return [(name, cfg) for name, cfg in (("dekaf", self.dekaf), ("kafka", self.kafka)) if cfg is not None]
 
 
 class WorkerConfig(Strict):
@@ -180,6 +238,8 @@ class WorkerConfig(Strict):
     retry: RetryConfig = RetryConfig()
     sinks: SinksConfig = SinksConfig(local=SINKS["local"].config())  # type: ignore[valid-type]
     sources: SourcesConfig = SourcesConfig()
+    privacy: PrivacySettings = PrivacySettings()
+    deadletters: DeadLettersConfig = DeadLettersConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: ``text``: logfmt lines (``key=value``); ``json``: one JSON object per line, for log shippers.
     log_format: Literal["text", "json"] = "text"
@@ -191,11 +251,15 @@ class WorkerConfig(Strict):
             if b.collection in seen:
                 raise ValueError(f"collection {b.collection!r} is bound twice")
             seen.add(b.collection)
-        if self.sources.dekaf is not None:
-            for t in self.sources.dekaf.topics:
+        for name, source in self.sources.kafka_sources():
+            for t in source.topics:
                 if t.collection not in seen:
-                    raise ValueError(f"sources.dekaf.topics: collection {t.collection!r} has no binding; "
+                    raise ValueError(f"sources.{name}.topics: collection {t.collection!r} has no binding; "
                                      "add it to bindings")
+        if any(b.privacy is not None and b.privacy.enabled and b.privacy.pseudonymizes
+               for b in self.bindings) and self.privacy.pseudonym_secret is None:
+            raise ValueError("a binding pseudonymizes but privacy.pseudonym_secret is not set; set it "
+                             "(e.g. ${MEMORY_WORKER_PSEUDONYM_KEY}) or use redact")
         if not self.sinks.names():
             raise ValueError("no sink configured: set at least one of "
                              + ", ".join(f"sinks.{name}" for name in SINKS))

@@ -29,11 +29,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from worker.configbase import RetryConfig
 from worker.errors import FatalError, TransientError
 from worker.prepare import Preparer
 from worker.prepared import PreparedStore
-from worker.records import ApplyStats
+from worker.records import ApplyStats, PreparedRecord
 from worker.spool import Spool
 from worker.write import SinkWriter
 
@@ -45,6 +47,10 @@ log = logging.getLogger(__name__)
 PASS_MAX_BYTES = 1024 * 1024
 
 STATES = ("starting", "ok", "failing", "misconfigured", "paused", "stopped")
+#: A prepare pass failing this often with an unexpected error (a bug, a document that breaks
+#: a stage) is retried entry by entry; an entry failing alone this often is dead-lettered
+#: (stage ``prepare``) so one poison document never stalls the stream.
+POISON_ATTEMPTS = 3
 
 
 class _Loop(threading.Thread):
@@ -106,6 +112,8 @@ class PrepareLoop(_Loop):
         self.pass_max_bytes = pass_max_bytes
         self.metrics = metrics
         self.stats = ApplyStats()
+        self._suspect: int | None = None  # first spool seq of the pass that keeps failing
+        self._suspect_failures = 0
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -116,7 +124,11 @@ class PrepareLoop(_Loop):
                 self.state = "paused"
                 self.stopping.wait(self.poll_interval_s)
                 continue
-            entries = self.spool.read(limit=self.batch_entries, max_bytes=self.pass_max_bytes)
+            isolate = self._suspect is not None and self._suspect_failures >= POISON_ATTEMPTS
+            entries = self.spool.read(limit=1 if isolate else self.batch_entries,
+                                      max_bytes=self.pass_max_bytes)
+            # One origin per record, so a Kafka partition's records can be dropped on their own.
+            entries = _same_origin_prefix(entries)
             if not entries:
                 if self.state in ("starting", "paused"):
                     self.state = "ok"
@@ -128,22 +140,60 @@ class PrepareLoop(_Loop):
             try:
                 self.prepare(entries)
             except Exception as exc:  # noqa: BLE001 - the entries stay in the spool
+                if not isinstance(exc, (TransientError, FatalError)) and self._poison(entries, exc):
+                    continue
                 self.stopping.wait(self.failed(exc, "prepare pass"))
                 continue
             finally:
                 self.busy.clear()
+            if self._suspect is not None and entries[0].seq > self._suspect:
+                self._suspect, self._suspect_failures = None, 0
             self.succeeded()
+
+    def _poison(self, entries: list, exc: Exception) -> bool:  # noqa: ANN001
+        """Count an unexpected failure of this pass; dead-letter a lone entry that keeps failing.
+        True when the entry was dead-lettered (the loop moves on at once)."""
+        if self._suspect != entries[0].seq:
+            self._suspect, self._suspect_failures = entries[0].seq, 0
+        self._suspect_failures += 1
+        if len(entries) > 1 or self._suspect_failures < POISON_ATTEMPTS + (len(entries) == 1):
+            return False
+        entry = entries[0]
+        reason = f"prepare failed {self._suspect_failures} times: {type(exc).__name__}: {exc}"
+        screen = self.preparer.screen
+        self.preparer.dead_letters.add_many([
+            (entry.collection, None, "prepare", reason[:2000], screen.dead_letter_raw(entry.collection, raw))
+            for raw in orjson.loads(entry.body)])
+        self.prepared.commit(PreparedRecord([], {}), spool_first=entry.seq, spool_last=entry.seq,
+                             received_at=entry.received_at, origin=entry.origin)
+        log.error("spool entry dead-lettered: it fails the prepare stage every time",
+                  exc_info=exc, extra={"seq": entry.seq, "collection": entry.collection})
+        if self.metrics is not None:
+            self.metrics.documents_dead_lettered.labels("prepare").inc(entry.documents)
+        self._suspect, self._suspect_failures = None, 0
+        return True
 
     def prepare(self, entries: list) -> int:  # noqa: ANN001
         stats = ApplyStats()
         docs, _ = self.preparer.parse_entries(entries)
         record = self.preparer.prepare(docs, stats)
         seq = self.prepared.commit(record, spool_first=entries[0].seq, spool_last=entries[-1].seq,
-                                   received_at=min(e.received_at for e in entries))
+                                   received_at=min(e.received_at for e in entries),
+                                   origin=entries[0].origin, entries=len(entries))
         self.stats.add(stats)
         if self.metrics is not None:
             self.metrics.on_prepared(stats)
         return seq
+
+
+def _same_origin_prefix(entries: list) -> list:  # noqa: ANN001
+    """The leading entries that share the first one's origin."""
+    out = []
+    for e in entries:
+        if out and e.origin != out[0].origin:
+            break
+        out.append(e)
+    return out
 
 
 class SinkLoop(_Loop):

@@ -20,10 +20,11 @@ import orjson
 from worker.config import BindingConfig
 from worker.errors import DocumentInvalid
 from worker.ids import document_id
+from worker.pointers import MISSING as _MISSING, resolve_pointer
 from worker.records import FlowDocument, MetadataValue, Section
 
 _GREGORIAN_TO_UNIX_TICKS = 0x01B21DD213814000
-_MISSING = object()
+_MAX_VERSION = 1 << 63  # versions are stored as signed 64-bit integers (ledger, prepared store)
 
 
 def version_of(u: uuidlib.UUID) -> int:
@@ -34,26 +35,6 @@ def version_of(u: uuidlib.UUID) -> int:
 def published_at_of(u: uuidlib.UUID) -> float:
     """Unix seconds of a v1 UUID's timestamp."""
     return (u.time - _GREGORIAN_TO_UNIX_TICKS) / 1e7
-
-
-def resolve_pointer(doc: Any, pointer: str) -> Any:
-    """RFC 6901 JSON pointer lookup; returns ``_MISSING`` when any step is absent."""
-    if pointer == "":
-        return doc
-    node = doc
-    for raw in pointer[1:].split("/"):
-        token = raw.replace("~1", "/").replace("~0", "~")
-        if isinstance(node, Mapping):
-            if token not in node:
-                return _MISSING
-            node = node[token]
-        elif isinstance(node, list):
-            if not token.isdigit() or int(token) >= len(node):
-                return _MISSING
-            node = node[int(token)]
-        else:
-            return _MISSING
-    return node
 
 
 def clean_text(value: str) -> str:
@@ -81,6 +62,9 @@ def metadata_value(value: Any) -> MetadataValue | None:
     """Coerce to what every sink stores: str, number, bool or list of str. ``None`` is dropped."""
     if value is None or value is _MISSING:
         return None
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        # 3 and 3.0 are one JSON number; Avro paths (Dekaf) deliver a `number` as a double.
+        return int(value)
     if isinstance(value, (bool, int, float)):
         return value
     if isinstance(value, str):
@@ -146,7 +130,11 @@ class Binding:
         if u.version != 1:
             raise self._invalid(f"_meta.uuid is a v{u.version} UUID, Flow sends v1", key,
                                 "/_meta/uuid")
-        return Envelope(key, op, str(u), version_of(u), published_at_of(u))
+        version = version_of(u)
+        if version >= _MAX_VERSION:  # past year ~3400: not a Flow publish clock, and no store holds it
+            raise self._invalid("_meta.uuid's timestamp is out of range for a publish time", key,
+                                "/_meta/uuid")
+        return Envelope(key, op, str(u), version, published_at_of(u))
 
     def parse(self, raw: Any) -> FlowDocument:
         env = self.envelope(raw)

@@ -10,7 +10,7 @@ it goes to the dead-letter store and the rest are spooled.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,7 @@ import orjson
 from worker.deadletter import DeadLetterStore
 from worker.documents import Binding
 from worker.errors import DocumentInvalid, RequestInvalid, Unauthorized
-from worker.spool import Spool
+from worker.spool import WEBHOOK, Spool
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,13 +81,14 @@ def parse_body(body: bytes, *, max_depth: int) -> list[dict[str, Any]]:
 
 class Intake:
     def __init__(self, *, bindings: Mapping[str, Binding], spool: Spool, dead_letters: DeadLetterStore,
-                 max_depth: int) -> None:
+                 max_depth: int, redact: Callable[[str, Any], Any] | None = None) -> None:
         self.bindings = bindings
+        self._redact = redact  # deadletters.redact: what the dead-letter store keeps of a document
         self.spool = spool
         self.dead_letters = dead_letters
         self.max_depth = max_depth
 
-    def accept(self, collection: str, body: bytes) -> Accepted:
+    def accept(self, collection: str, body: bytes, *, origin: str = WEBHOOK) -> Accepted:
         """Validate and spool one request body (durable when this returns)."""
         binding = self.bindings.get(collection)
         if binding is None:
@@ -100,13 +101,14 @@ class Intake:
             try:
                 binding.parse(raw)
             except DocumentInvalid as exc:
-                bad.append((collection, exc.key, "validate", str(exc), raw))
+                bad.append((collection, exc.key, "validate", str(exc),
+                            self._redact(collection, raw) if self._redact else raw))
             else:
                 good.append(raw)
         seq = None
         if good:
             payload = body if not bad else orjson.dumps(good)
-            seq = self.spool.append(collection, payload, len(good))
+            seq = self.spool.append(collection, payload, len(good), origin=origin)
         # After the spool: a refused append (SpoolFull, 503) is retried by Estuary with the same
         # body, and dead-lettering first would file its bad documents once per attempt. A crash
         # between the two only makes Estuary resend, which spools duplicates (idempotent).

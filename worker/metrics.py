@@ -114,5 +114,39 @@ class Metrics:
 
         self.registry.register(_Gauges())
 
+    def watch_screen(self, screen) -> None:  # noqa: ANN001 - worker.screen.Screen
+        """Privacy and data-quality counts (never values), read at scrape time."""
+
+        class _Screen:
+            def collect(self):  # noqa: ANN202
+                from prometheus_client.core import CounterMetricFamily
+
+                c = screen.counters
+                entities = CounterMetricFamily("memory_worker_privacy_masked_total",
+                                               "Values masked before embedding, by entity type",
+                                               labels=["collection", "entity"])
+                for (collection, entity), n in sorted(c.entities.items()):
+                    entities.add_metric([collection, entity], n)
+                checked = CounterMetricFamily("memory_worker_quality_checked_total",
+                                              "Documents checked by data-quality rules", labels=["collection"])
+                for collection, n in sorted(c.checked.items()):
+                    checked.add_metric([collection], n)
+                failed = CounterMetricFamily("memory_worker_quality_failed_total",
+                                             "Documents that failed a data-quality rule",
+                                             labels=["collection", "rule"])
+                for (collection, rule), n in sorted(c.failed.items()):
+                    failed.add_metric([collection, rule], n)
+                ratio = GaugeMetricFamily("memory_worker_quality_valid_ratio",
+                                          "Valid share of the last documents per collection",
+                                          labels=["collection"])
+                for collection, r in sorted(screen.ratios().items()):
+                    ratio.add_metric([collection], r)
+                yield entities
+                yield checked
+                yield failed
+                yield ratio
+
+        self.registry.register(_Screen())
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -24,6 +24,7 @@ store changed behind our back) gets them from the engine at write time; that is 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -33,10 +34,10 @@ from worker.chunk import Chunker
 from worker.deadletter import DeadLetterStore
 from worker.documents import Binding
 from worker.engine import EmbeddingEngine
-from worker.errors import DocumentInvalid
 from worker.ledger import Ledger
 from worker.prepared import Pending
 from worker.records import ApplyStats, ChunkedDocument, FlowDocument, PreparedRecord, StoredDocument
+from worker.screen import Screen
 from worker.spool import SpoolEntry
 
 log = logging.getLogger(__name__)
@@ -72,9 +73,11 @@ def _newer(a: StoredDocument | None, b: StoredDocument | None) -> StoredDocument
 class Preparer:
     def __init__(self, *, bindings: Mapping[str, Binding], chunker: Chunker, engine: EmbeddingEngine,
                  ledger: Ledger, ledger_keys: Mapping[str, str], dead_letters: DeadLetterStore,
-                 pending: PendingLookup | None = None, cursors: CursorsLookup | None = None,
+                 screen: Screen | None = None, pending: PendingLookup | None = None,
+                 cursors: CursorsLookup | None = None,
                  on_dead_letter: Callable[[str, int], None] | None = None) -> None:
         self.bindings = bindings
+        self.screen = screen if screen is not None else Screen(bindings, secret=None)
         self.chunker = chunker
         self.engine = engine
         self.ledger = ledger
@@ -87,7 +90,8 @@ class Preparer:
     # -- parsing -----------------------------------------------------------------------------
     def parse(self, collection: str, raws: Sequence[Any], *, stage: str = "validate"
               ) -> tuple[list[FlowDocument], int]:
-        """Parse documents; invalid ones go to the dead-letter store. Returns (valid, rejected)."""
+        """Screen documents (quality rules, parse, privacy masking); rejected ones go to the
+        dead-letter store (``stage``, or ``quality`` for a rule). Returns (valid, rejected)."""
         binding = self.bindings.get(collection)
         rejected: list[tuple[str, str | None, str, str, Any]] = []
         docs: list[FlowDocument] = []
@@ -97,16 +101,19 @@ class Preparer:
             rejected = [(collection, None, stage, reason, raw) for raw in raws]
         else:
             for raw in raws:
-                try:
-                    docs.append(binding.parse(raw))
-                except DocumentInvalid as exc:
-                    rejected.append((collection, exc.key, stage, str(exc), raw))
+                screened = self.screen.screen(collection, raw)
+                if screened.document is not None:
+                    docs.append(screened.document)
+                    continue
+                rejected.append((collection, screened.key, stage if screened.stage == "validate"
+                                 else screened.stage, screened.reason,
+                                 self.screen.dead_letter_raw(collection, raw)))
         self.dead_letters.add_many(rejected)
         if rejected:
-            log.warning("documents dead-lettered", extra={"collection": collection, "stage": stage,
-                                                          "count": len(rejected)})
+            log.warning("documents dead-lettered", extra={"collection": collection, "count": len(rejected)})
             if self._on_dead_letter is not None:
-                self._on_dead_letter(stage, len(rejected))
+                for kind, n in Counter(r[2] for r in rejected).items():
+                    self._on_dead_letter(kind, n)
         return docs, len(rejected)
 
     def parse_entries(self, entries: Sequence[SpoolEntry]) -> tuple[list[FlowDocument], int]:

@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS prepared (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, spool_first INTEGER NOT NULL, spool_last INTEGER NOT NULL,
   received_at REAL NOT NULL, created_at REAL NOT NULL, bytes INTEGER NOT NULL,
   documents INTEGER NOT NULL, chunks INTEGER NOT NULL,
-  meta BLOB NOT NULL, tokens BLOB NOT NULL, vectors BLOB NOT NULL
+  meta BLOB NOT NULL, tokens BLOB NOT NULL, vectors BLOB NOT NULL,
+  origin TEXT NOT NULL DEFAULT 'webhook'
 );
 CREATE TABLE IF NOT EXISTS prepared_cursors (
   sink TEXT PRIMARY KEY, seq INTEGER NOT NULL, updated_at REAL NOT NULL,
@@ -125,6 +126,9 @@ class PreparedStore:
         self._clock = clock
         self._conn = connect(spool.path, synchronous="FULL")
         self._conn.executescript(_SCHEMA)
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(prepared)")}
+        if "origin" not in columns:
+            self._conn.execute("ALTER TABLE prepared ADD COLUMN origin TEXT NOT NULL DEFAULT 'webhook'")
         self._lock = threading.Lock()
         self._marks = ",".join("?" * len(self.sinks))
         with self._lock, transaction(self._conn):
@@ -139,25 +143,32 @@ class PreparedStore:
 
     # -- the prepare side --------------------------------------------------------------------
     def commit(self, record: PreparedRecord, *, spool_first: int, spool_last: int,
-               received_at: float) -> int:
+               received_at: float, origin: str = "webhook", entries: int | None = None) -> int:
         """Store ``record`` and remove spool entries ``spool_first..spool_last``, atomically.
 
         A record without documents (everything was skipped) stores nothing; the entries are
-        still removed. Returns the record's sequence number (0 when nothing was stored).
+        still removed. With ``entries`` (how many spool entries the record was made from), a
+        record whose entries were purged meanwhile (a Kafka partition handed over) is not stored.
+        Returns the record's sequence number (0 when nothing was stored).
         """
         now = self._clock()
         seq = 0
         size = 0
         with self._lock:
-            with transaction(self._conn):
+            with transaction(self._conn, immediate=True):
+                if entries is not None and record.documents:
+                    held = self._conn.execute("SELECT count(*) FROM entries WHERE seq BETWEEN ? AND ?",
+                                              (spool_first, spool_last)).fetchone()[0]
+                    if held < entries:
+                        record = PreparedRecord([], {})
                 if record.documents:
                     meta, tokens, vectors = encode_record(record)
                     size = len(meta) + len(tokens) + len(vectors)
                     seq = self._conn.execute(
                         "INSERT INTO prepared (spool_first, spool_last, received_at, created_at, bytes, "
-                        "documents, chunks, meta, tokens, vectors) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        "documents, chunks, meta, tokens, vectors, origin) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                         (spool_first, spool_last, received_at, now, size, len(record.documents),
-                         record.chunks, meta, tokens, vectors)).lastrowid
+                         record.chunks, meta, tokens, vectors, origin)).lastrowid
                     self._conn.executemany(
                         "INSERT INTO prepared_docs VALUES (?,?,?,?,?,?,?) ON CONFLICT(doc_id) DO UPDATE "
                         "SET seq=excluded.seq, version=excluded.version, chunk_count=excluded.chunk_count, "
@@ -176,6 +187,26 @@ class PreparedStore:
         self.spool.released(freed)
         record.seq = int(seq or 0)
         return record.seq
+
+    def purge(self, origin_prefix: str) -> int:
+        """Drop records whose origin starts with ``origin_prefix``, for every sink (Kafka data
+        the broker still holds; see :meth:`worker.spool.Spool.purge`). Returns how many.
+
+        Hazard: a sink loop writing one of them at this instant finishes that write."""
+        with self._lock:
+            with transaction(self._conn):
+                seqs = [r[0] for r in self._conn.execute(
+                    "SELECT seq FROM prepared WHERE substr(origin, 1, ?) = ?",
+                    (len(origin_prefix), origin_prefix))]
+                if not seqs:
+                    return 0
+                marks = ",".join("?" * len(seqs))
+                freed = self._conn.execute(f"SELECT coalesce(sum(bytes), 0) FROM prepared WHERE seq IN ({marks})",
+                                           seqs).fetchone()[0]
+                self._conn.execute(f"DELETE FROM prepared WHERE seq IN ({marks})", seqs)
+                self._conn.execute(f"DELETE FROM prepared_docs WHERE seq IN ({marks})", seqs)
+            self._bytes -= freed
+        return len(seqs)
 
     def pending(self, doc_ids: Sequence[str]) -> dict[str, Pending]:
         """The newest prepared state of each document still held for some sink."""

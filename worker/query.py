@@ -58,8 +58,13 @@ def query_args(payload: Any, sinks: list[str]) -> tuple[QueryFilter, str, int, s
 
 
 def run_query(embedder: Any, engine: Any, sink: Any, text: str, k: int,  # noqa: ANN401
-              where: QueryFilter) -> list[QueryHit]:
-    """Embed the query (query prompt, ahead of any ingest batch) and search ``sink``."""
+              where: QueryFilter, *, screen: Any = None) -> list[QueryHit]:  # noqa: ANN401
+    """Embed the query (query prompt, ahead of any ingest batch) and search ``sink``.
+
+    With a ``screen``, the text is masked first exactly as documents are (a pseudonymized email
+    or name in the query becomes the same token the stored chunks carry)."""
+    if screen is not None:
+        text = screen.mask_query(text, where.collection)
     ids = embedder.query_ids(text)
     chunk = Chunk(doc_id="", index=0, text=text, token_ids=ids, content_hash="")
     vector = engine.embed([chunk], use_cache=False, priority=True)[0]

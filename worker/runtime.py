@@ -36,6 +36,7 @@ from worker.modelspec import ModelSpec, load_spec
 from worker.pipeline import Pipeline
 from worker.prepare import Preparer
 from worker.prepared import PreparedStore
+from worker.screen import Screen
 from worker.sinks.base import Sink
 from worker.sinks.registry import SINKS
 from worker.write import SinkWriter, ledger_key
@@ -135,6 +136,7 @@ class Runtime:
     preparer: Preparer
     writers: dict[str, SinkWriter]
     pipeline: Pipeline
+    screen: Screen
     bindings: dict[str, Binding] = field(default_factory=dict)
 
     def close(self) -> None:
@@ -194,32 +196,37 @@ def build_runtime(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
             s.ensure(spec.dimensions, spec.similarity)
     ledger = Ledger(state / f"ledger-{spec.id}.sqlite")
     bindings = {b.collection: Binding(b) for b in config.bindings}
+    secret = config.privacy.pseudonym_secret
+    screen = Screen(bindings, secret=secret.get_secret_value().encode() if secret is not None else None,
+                    redact_dead_letters=config.deadletters.redact)
+    if metrics is not None:
+        metrics.watch_screen(screen)
     # Several workers may share the sinks (a Kafka consumer group): guard against the sink too.
-    shared = config.sources.dekaf is not None
+    shared = bool(config.sources.kafka_sources())
     writers = {name: SinkWriter(name, s, ledger=ledger, dead_letters=dead_letters, engine=engine,
                                 verify_with_sink=shared,
                                 on_visible=metrics.observe_visible if metrics else None)
                for name, s in sinks.items()}
     preparer = Preparer(bindings=bindings, chunker=chunker, engine=engine, ledger=ledger,
                         ledger_keys={name: ledger_key(name, s) for name, s in sinks.items()},
-                        dead_letters=dead_letters,
+                        dead_letters=dead_letters, screen=screen,
                         pending=prepared.pending if prepared is not None else None,
                         cursors=prepared.cursors if prepared is not None else None,
                         on_dead_letter=(lambda stage, n: metrics.documents_dead_lettered.labels(stage).inc(n))
                         if metrics else None)
     pipeline = Pipeline(preparer, writers)
     return Runtime(config, spec, embedder, engine, chunker, sinks, ledger, dead_letters, cache,
-                   preparer, writers, pipeline, bindings)
+                   preparer, writers, pipeline, screen, bindings)
 
 
 def build_service(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
                   metrics: Metrics | None = None, embedder: Embedder | None = None,
-                  dekaf_options: Mapping[str, Any] | None = None):  # noqa: ANN201
+                  source_options: Mapping[str, Mapping[str, Any]] | None = None):  # noqa: ANN201
     """Everything ``memory-worker run`` needs, wired: returns the :class:`worker.service.Service`.
 
     Sinks are not checked here: each sink loop runs ``ensure`` itself, so a misconfigured sink
-    is parked (and reported) while the others deliver. ``dekaf_options`` go to the Dekaf source
-    (a schema-registry client or consumer factory, for tests).
+    is parked (and reported) while the others deliver. ``source_options[kind]`` go to that
+    Kafka source (a schema-registry client or a consumer factory, for tests).
     """
     from worker.delivery import PrepareLoop, SinkLoop
     from worker.intake import Intake
@@ -236,7 +243,7 @@ def build_service(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
     rt = build_runtime(config, env, embedder=embedder, ensure_sinks=False, metrics=metrics,
                        prepared=prepared)
     intake = Intake(bindings=rt.bindings, spool=spool, dead_letters=rt.dead_letters,
-                    max_depth=config.server.max_json_depth)
+                    max_depth=config.server.max_json_depth, redact=rt.screen.dead_letter_raw)
     prepare_loop = PrepareLoop(spool=spool, prepared=prepared, preparer=rt.preparer, retry=config.retry,
                                batch_entries=config.spool.batch_entries,
                                poll_interval_s=config.spool.poll_interval_s, metrics=metrics)
@@ -245,11 +252,42 @@ def build_service(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
                             metric=rt.spec.similarity, metrics=metrics)
              for name, writer in rt.writers.items()}
     sources = []
-    if config.sources.dekaf is not None:  # a second source, into the same spool
-        from worker.dekaf import DekafSource
+    kafka_sources = config.sources.kafka_sources()
+    if kafka_sources:  # pull sources, into the same spool; the broker is their durable log
+        from worker.sources.kafka import ORIGIN_PREFIX, KafkaSource
 
-        sources.append(DekafSource(config.sources.dekaf, bindings=rt.bindings, intake=intake,
-                                   dead_letters=rt.dead_letters, metrics=metrics,
-                                   delivered_seq=prepared.delivered_spool_seq, **(dekaf_options or {})))
+        dropped = prepared.purge(ORIGIN_PREFIX) + spool.purge(ORIGIN_PREFIX)
+        if dropped:
+            log.info("kafka data left by the last run dropped; the broker replays it from the "
+                     "committed offsets", extra={"entries_and_records": dropped})
+
+        def drop(origin: str) -> int:
+            return prepared.purge(origin) + spool.purge(origin)
+
+        for kind, cfg in kafka_sources:
+            options = dict(source_options.get(kind, {})) if source_options else {}
+            codec = build_codec(kind, cfg, rt.bindings, registry=options.pop("registry", None))
+            sources.append(KafkaSource(kind, cfg, codec=codec, intake=intake, dead_letters=rt.dead_letters,
+                                       delivered_seq=prepared.delivered_spool_seq, drop=drop,
+                                       metrics=metrics, single_consumer=kind == "dekaf", **options))
     return Service(rt, metrics=metrics, spool=spool, prepared=prepared, intake=intake,
                    prepare_loop=prepare_loop, loops=loops, sources=sources)
+
+
+def build_codec(kind: str, cfg: Any, bindings: Mapping[str, Binding], *, registry: Any = None) -> Any:  # noqa: ANN401
+    """The message decoder of a Kafka source (``dekaf`` or ``kafka``)."""
+    from worker.sources.codecs import DekafCodec, MaterializeKafkaCodec
+    from worker.sources.kafka_client import schema_registry
+
+    registry = registry if registry is not None else schema_registry(cfg)
+    if kind == "dekaf":
+        return DekafCodec(cfg, bindings, registry)
+    return MaterializeKafkaCodec(cfg, bindings, registry)
+
+
+def build_replay(config: WorkerConfig, env: Mapping[str, str], kind: str, *, sink: str | None = None,
+                 registry: Any = None) -> tuple[Runtime, Any, Any]:  # noqa: ANN401
+    """``reindex --from-dekaf | --from-kafka``: the runtime, the source's config and its codec."""
+    rt = build_runtime(config, env, sink=sink)
+    cfg = getattr(config.sources, kind)
+    return rt, cfg, build_codec(kind, cfg, rt.bindings, registry=registry)

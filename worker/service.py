@@ -170,15 +170,35 @@ class Service:
                          "chunks": prep.stats.chunks},
             "sinks": self._sinks_report(),
             "dead_letters": self.rt.dead_letters.count(),
+            "privacy": self._privacy_report(),
+            "quality": self._quality_report(),
             "model": {"id": self.rt.spec.id, "dimensions": self.rt.spec.dimensions,
                       "device": self.rt.embedder.device, "dtype": self.rt.embedder.dtype},
             "engine": {"chunks": engine.chunks, "tokens": engine.tokens, "batches": engine.batches,
                        "cache_hits": engine.cache_hits, "inflight_shared": engine.inflight_shared,
                        "max_batch_tokens": self.rt.engine.max_batch_tokens},
             "dekaf": self.dekaf.status() if self.dekaf is not None else None,
+            "kafka": next((src.status() for src in self.sources if src.kind == "kafka"), None),
             "draining": self.draining,
             "uptime_s": round(time.time() - self.started_at, 3),
         }
+
+    def _privacy_report(self) -> dict[str, dict[str, int]]:
+        """Values masked per collection and entity type: counts, never values."""
+        out: dict[str, dict[str, int]] = {}
+        for (collection, entity), n in sorted(self.rt.screen.counters.entities.items()):
+            out.setdefault(collection, {})[entity] = n
+        return out
+
+    def _quality_report(self) -> dict[str, dict[str, Any]]:
+        screen = self.rt.screen
+        ratios = screen.ratios()
+        out: dict[str, dict[str, Any]] = {}
+        for collection in sorted(set(screen.counters.checked) | set(ratios)):
+            failed = {rule: n for (c, rule), n in screen.counters.failed.items() if c == collection}
+            out[collection] = {"checked": screen.counters.checked.get(collection, 0), "failed": failed,
+                               "valid_ratio": None if collection not in ratios else round(ratios[collection], 6)}
+        return out
 
     async def schema(self, request: Request) -> Response:
         return JSONResponse({c: b.json_schema() for c, b in self.rt.bindings.items()})
@@ -220,8 +240,9 @@ class Service:
             except orjson.JSONDecodeError as exc:
                 raise RequestInvalid(f"body is not valid JSON: {exc}") from None
             where, text, k, sink = query_args(payload, list(self.rt.sinks))
-            hits = await run_in_threadpool(run_query, self.rt.embedder, self.rt.engine,
-                                           self.rt.sinks[sink], text, k, where)
+            hits = await run_in_threadpool(lambda: run_query(self.rt.embedder, self.rt.engine,
+                                                             self.rt.sinks[sink], text, k, where,
+                                                             screen=self.rt.screen))
         except WorkerError as exc:
             return self._error(exc)
         self.metrics.query_seconds.observe(time.perf_counter() - started)

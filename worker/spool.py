@@ -26,9 +26,14 @@ from worker.sqlite import connect
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, collection TEXT NOT NULL, received_at REAL NOT NULL,
-  documents INTEGER NOT NULL, bytes INTEGER NOT NULL, body BLOB NOT NULL
+  documents INTEGER NOT NULL, bytes INTEGER NOT NULL, body BLOB NOT NULL,
+  origin TEXT NOT NULL DEFAULT 'webhook'
 );
 """
+
+#: Entries from the webhook (durable here) vs. from a Kafka topic partition (``kafka:<topic>:<n>``,
+#: durable in the broker; the spool is only a buffer for them, see :mod:`worker.sources.kafka`).
+WEBHOOK = "webhook"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +43,16 @@ class SpoolEntry:
     received_at: float
     documents: int
     body: bytes  # a JSON array of raw Estuary documents (validated at intake)
+    origin: str = WEBHOOK
 
 
 class Spool:
     def __init__(self, path: Path, *, max_bytes: int, clock=time.time) -> None:  # noqa: ANN001
         self._conn = connect(path, synchronous="FULL")
         self._conn.executescript(_SCHEMA)
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(entries)")}
+        if "origin" not in columns:  # a spool written by an older version
+            self._conn.execute("ALTER TABLE entries ADD COLUMN origin TEXT NOT NULL DEFAULT 'webhook'")
         self._lock = threading.Lock()
         self._clock = clock
         self.max_bytes = max_bytes
@@ -52,15 +61,15 @@ class Spool:
             self._bytes = self._conn.execute("SELECT coalesce(sum(bytes), 0) FROM entries").fetchone()[0]
 
     # -- intake side -------------------------------------------------------------------------
-    def append(self, collection: str, body: bytes, documents: int) -> int:
+    def append(self, collection: str, body: bytes, documents: int, *, origin: str = WEBHOOK) -> int:
         """Durably add one entry; returns its sequence number. Raises SpoolFull over budget."""
         with self._lock:
             if self._bytes + len(body) > self.max_bytes and self._bytes > 0:
                 raise SpoolFull(f"spool holds {self._bytes} bytes, over its budget of "
                                 f"{self.max_bytes}; sinks are behind", retry_after_s=5.0)
             cur = self._conn.execute(
-                "INSERT INTO entries (collection, received_at, documents, bytes, body) VALUES (?,?,?,?,?)",
-                (collection, self._clock(), documents, len(body), body))
+                "INSERT INTO entries (collection, received_at, documents, bytes, body, origin) "
+                "VALUES (?,?,?,?,?,?)", (collection, self._clock(), documents, len(body), body, origin))
             self._bytes += len(body)
             return int(cur.lastrowid)  # autocommit: committed and fsynced when execute returns
 
@@ -71,7 +80,7 @@ class Spool:
         with self._lock:
             if max_bytes is None:
                 rows = self._conn.execute(
-                    "SELECT seq, collection, received_at, documents, body FROM entries "
+                    "SELECT seq, collection, received_at, documents, body, origin FROM entries "
                     "ORDER BY seq LIMIT ?", (limit,)).fetchall()
             else:
                 # Sizes first (cheap), then only the bodies that fit.
@@ -86,9 +95,21 @@ class Spool:
                 if last is None:
                     return []
                 rows = self._conn.execute(
-                    "SELECT seq, collection, received_at, documents, body FROM entries WHERE seq <= ? "
-                    "ORDER BY seq", (last,)).fetchall()
-        return [SpoolEntry(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
+                    "SELECT seq, collection, received_at, documents, body, origin FROM entries "
+                    "WHERE seq <= ? ORDER BY seq", (last,)).fetchall()
+        return [SpoolEntry(r[0], r[1], r[2], r[3], bytes(r[4]), r[5]) for r in rows]
+
+    def purge(self, origin_prefix: str) -> int:
+        """Drop entries whose origin starts with ``origin_prefix`` (Kafka data the broker still
+        holds: another consumer, or this one after a restart, reads it again). Returns how many."""
+        with self._lock:
+            freed, n = self._conn.execute(
+                "SELECT coalesce(sum(bytes), 0), count(*) FROM entries WHERE substr(origin, 1, ?) = ?",
+                (len(origin_prefix), origin_prefix)).fetchone()
+            self._conn.execute("DELETE FROM entries WHERE substr(origin, 1, ?) = ?",
+                               (len(origin_prefix), origin_prefix))
+            self._bytes -= freed
+        return int(n)
 
     def released(self, freed_bytes: int) -> None:
         """Entries were removed (with the prepared record made from them): free their budget."""

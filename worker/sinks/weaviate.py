@@ -72,7 +72,7 @@ from worker.sinks.base import (OnRetry, SinkInfo, SinkKind, UpsertOutcome, hit_f
                                stored_from_metadata)
 from worker.sinks.vendor import VendorSink, parse_retry_after
 from worker.sinks.weaviate_wire import (ALL_PROPERTIES, FETCH_BATCH_IDS, MAX_QUERY_RESULTS, VECTOR_NAME,
-                                        GrpcUnavailable, ObjectsFailing, fail_fast_grpc,
+                                        GrpcUnavailable, ObjectsFailing, check_collection, fail_fast_grpc,
                                         install_log_filter, object_error_kind, schema_properties,
                                         stored_properties, translate, weaviate_filter, wire_properties)
 
@@ -233,39 +233,7 @@ class WeaviateSink(VendorSink):
 
     def _check_config(self, config: Any) -> list[Any]:
         """Raise SinkMismatch if the collection does not fit; return our missing properties."""
-        from weaviate.classes.config import Tokenization, VectorDistances
-
-        if config.vector_config:
-            names = sorted(config.vector_config)
-            if VECTOR_NAME in config.vector_config or len(names) == 1:
-                self._vector_name = VECTOR_NAME if VECTOR_NAME in names else names[0]
-            else:
-                raise SinkMismatch(f"weaviate collection {self.target} has named vectors {names} "
-                                   f"but none called {VECTOR_NAME!r}")
-            index_config = config.vector_config[self._vector_name].vector_index_config
-        else:
-            self._vector_name = None  # a legacy collection with one unnamed vector
-            index_config = config.vector_index_config
-        distance = getattr(index_config, "distance_metric", None)
-        if distance is not None and distance != VectorDistances.COSINE:
-            raise SinkMismatch(f"weaviate collection {self.target} uses the {distance.value} distance, "
-                               "the worker needs cosine; point sinks.weaviate.collection elsewhere")
-        have = {p.name: p for p in config.properties}
-        problems, missing = [], []
-        for prop in schema_properties():
-            held = have.get(prop.name)
-            if held is None:
-                missing.append(prop)
-            elif held.data_type != prop.dataType:
-                problems.append(f"{prop.name} is {held.data_type.value}, not {prop.dataType.value}")
-            elif prop.tokenization == Tokenization.FIELD and held.tokenization != Tokenization.FIELD:
-                tokens = held.tokenization.value if held.tokenization else "no"
-                problems.append(f"{prop.name} uses {tokens} tokenization, not field (an Equal "
-                                "filter would match other documents' ids)")
-        if problems:
-            raise SinkMismatch(f"weaviate collection {self.target} does not fit the worker: "
-                               + "; ".join(problems) + ". Point sinks.weaviate.collection at a new "
-                               "collection (it is created on start) or run `memory-worker reindex`")
+        self._vector_name, missing = check_collection(config, self.target)
         return missing
 
     def _stored_dimension(self, *, policy: RetryConfig | None = None) -> int | None:

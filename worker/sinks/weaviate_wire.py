@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 
-from worker.errors import ConfigError, FatalError, SinkUnavailable, WorkerError
+from worker.errors import ConfigError, FatalError, SinkMismatch, SinkUnavailable, WorkerError
 from worker.records import QueryFilter
 from worker.sinks.vendor import parse_retry_after
 
@@ -211,3 +211,39 @@ def schema_properties() -> list[Any]:
     return props
 
 
+def check_collection(config: Any, target: str) -> tuple[str | None, list[Any]]:
+    """``(vector name, our missing properties)``; SinkMismatch if the collection does not fit."""
+    from weaviate.classes.config import Tokenization, VectorDistances
+
+    if config.vector_config:
+        names = sorted(config.vector_config)
+        if VECTOR_NAME in config.vector_config or len(names) == 1:
+            vector_name = VECTOR_NAME if VECTOR_NAME in names else names[0]
+        else:
+            raise SinkMismatch(f"weaviate collection {target} has named vectors {names} "
+                               f"but none called {VECTOR_NAME!r}")
+        index_config = config.vector_config[vector_name].vector_index_config
+    else:
+        vector_name = None  # a legacy collection with one unnamed vector
+        index_config = config.vector_index_config
+    distance = getattr(index_config, "distance_metric", None)
+    if distance is not None and distance != VectorDistances.COSINE:
+        raise SinkMismatch(f"weaviate collection {target} uses the {distance.value} distance, "
+                           "the worker needs cosine; point sinks.weaviate.collection elsewhere")
+    have = {p.name: p for p in config.properties}
+    problems, missing = [], []
+    for prop in schema_properties():
+        held = have.get(prop.name)
+        if held is None:
+            missing.append(prop)
+        elif held.data_type != prop.dataType:
+            problems.append(f"{prop.name} is {held.data_type.value}, not {prop.dataType.value}")
+        elif prop.tokenization == Tokenization.FIELD and held.tokenization != Tokenization.FIELD:
+            tokens = held.tokenization.value if held.tokenization else "no"
+            problems.append(f"{prop.name} uses {tokens} tokenization, not field (an Equal "
+                            "filter would match other documents' ids)")
+    if problems:
+        raise SinkMismatch(f"weaviate collection {target} does not fit the worker: "
+                           + "; ".join(problems) + ". Point sinks.weaviate.collection at a new "
+                           "collection (it is created on start) or run `memory-worker reindex`")
+    return vector_name, missing
