@@ -73,9 +73,10 @@ def test_the_cli_exits_1_on_an_incompatible_schema(tmp_path, capsys):
 
 
 def test_drift_warns_once_per_collection_and_field(caplog):
-    watch = DriftWatch()
+    watch = DriftWatch(warmup=2, expected={GONG: {"call_id": {"type": "string"}}})
     caplog.set_level(logging.WARNING, logger="worker.schema_check")
-    watch.observe(GONG, {"call_id": "1", "title": "a"})  # the first document sets the baseline
+    watch.observe(GONG, {"call_id": "1", "title": "a"})  # the warm-up documents set the baseline
+    watch.observe(GONG, {"call_id": "2", "title": "a", "account_name": "Acme"})
     for i in range(50):
         watch.observe(GONG, {"call_id": str(i), "title": "b", "deal_stage": "won", "duration_s": 3})
     watch.observe(GONG, {"call_id": "x", "title": 7})  # a changed type
@@ -85,3 +86,4 @@ def test_drift_warns_once_per_collection_and_field(caplog):
     assert messages.count(("new field in the stream", "duration_s")) == 1
     assert messages.count(("field changed type in the stream", "title")) == 1
     assert watch.changes == 3
+    assert not any(f == "account_name" for _, f in messages)  # part of the warm-up baseline

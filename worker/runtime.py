@@ -163,7 +163,7 @@ def load_model(config: WorkerConfig, env: Mapping[str, str]) -> tuple[ModelSpec,
 def build_runtime(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
                   sink: str | None = None, embedder: Embedder | None = None,
                   ensure_sinks: bool = True, metrics: Metrics | None = None,
-                  prepared: PreparedStore | None = None) -> Runtime:
+                  prepared: PreparedStore | None = None, watch_drift: bool = False) -> Runtime:
     """The stages: model, engine, chunker, sinks, preparer, writers, and the direct pipeline.
 
     ``prepared`` (the service's store) lets the preparer see what lagging sinks will hold;
@@ -198,7 +198,7 @@ def build_runtime(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
     bindings = {b.collection: Binding(b) for b in config.bindings}
     secret = config.privacy.pseudonym_secret
     screen = Screen(bindings, secret=secret.get_secret_value().encode() if secret is not None else None,
-                    redact_dead_letters=config.deadletters.redact)
+                    redact_dead_letters=config.deadletters.redact, watch_drift=watch_drift)
     if metrics is not None:
         metrics.watch_screen(screen)
     # Several workers may share the sinks (a Kafka consumer group): guard against the sink too.
@@ -241,7 +241,7 @@ def build_service(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
     prepared = PreparedStore(spool, sinks=config.sinks.names(), max_bytes=config.prepared.max_bytes,
                              dimensions=spec.dimensions)
     rt = build_runtime(config, env, embedder=embedder, ensure_sinks=False, metrics=metrics,
-                       prepared=prepared)
+                       prepared=prepared, watch_drift=True)
     intake = Intake(bindings=rt.bindings, spool=spool, dead_letters=rt.dead_letters,
                     max_depth=config.server.max_json_depth, redact=rt.screen.dead_letter_raw)
     prepare_loop = PrepareLoop(spool=spool, prepared=prepared, preparer=rt.preparer, retry=config.retry,

@@ -154,17 +154,30 @@ def _text_fields(binding: Binding) -> set[str]:
 
 
 class DriftWatch:
-    """Top-level fields and their JSON types per collection; warns once per novelty."""
+    """Top-level fields and their JSON types per collection; warns once per novelty.
 
-    def __init__(self) -> None:
+    The first ``warmup`` documents of a collection (and the binding's expected properties, when
+    given) make the baseline silently: a collection whose documents vary by kind (GitHub issues,
+    comments, releases) does not warn for fields that are simply normal for it.
+    """
+
+    def __init__(self, *, warmup: int = 100, expected: Mapping[str, Any] | None = None) -> None:
         self._seen: dict[str, dict[str, set[str]]] = {}
+        self._count: dict[str, int] = {}
+        self._expected = expected or {}
         self._lock = threading.Lock()
+        self.warmup = warmup
         self.changes = 0
 
     def observe(self, collection: str, raw: Mapping[str, Any]) -> None:
         with self._lock:
-            first = collection not in self._seen
-            fields = self._seen.setdefault(collection, {})
+            n = self._count.get(collection, 0)
+            self._count[collection] = n + 1
+            first = n < self.warmup
+            if collection not in self._seen:
+                self._seen[collection] = {name: set(json_types(sub)) for name, sub in
+                                          self._expected.get(collection, {}).items()}
+            fields = self._seen[collection]
             for name, value in raw.items():
                 kind = _type_of(value)
                 held = fields.get(name)
@@ -177,7 +190,7 @@ class DriftWatch:
                 elif kind not in held:
                     before = sorted(held)
                     held.add(kind)
-                    if kind != "null":  # a field turning up null is no change of type
+                    if kind != "null" and not first:  # a field turning up null is no change of type
                         self.changes += 1
                         log.warning("field changed type in the stream", extra={
                             "collection": collection, "field": name, "type": kind, "before": before})

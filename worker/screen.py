@@ -54,7 +54,8 @@ class ScreenCounters:
 
 class Screen:
     def __init__(self, bindings: Mapping[str, Binding], *, secret: bytes | None,
-                 redact_dead_letters: bool = False, count_tokens: Any = None) -> None:  # noqa: ANN401
+                 redact_dead_letters: bool = False, count_tokens: Any = None,  # noqa: ANN401
+                 watch_drift: bool = False) -> None:
         self.bindings = bindings
         self.maskers: dict[str, Masker] = {}
         self.checkers: dict[str, QualityChecker] = {}
@@ -68,12 +69,14 @@ class Screen:
         self.redact_dead_letters = redact_dead_letters
         self.window = ValidRatioWindow(size=QUALITY_WINDOW)
         self.counters = ScreenCounters()
-        self.drift = DriftWatch()
+        # Schema drift is watched in the live stream (`run`), not in bulk loads (`reindex`).
+        self.drift = DriftWatch(expected={c: b.json_schema().get("properties", {}) for c, b in bindings.items()}) \
+            if watch_drift else None
 
     def screen(self, collection: str, raw: Any) -> Screened:  # noqa: ANN401
         binding = self.bindings[collection]
         checker = self.checkers.get(collection)
-        if isinstance(raw, Mapping):
+        if self.drift is not None and isinstance(raw, Mapping):
             self.drift.observe(collection, raw)
         try:
             if checker is None:
