@@ -1,7 +1,7 @@
 """Bounded retries with exponential backoff and full jitter, honouring Retry-After.
 
 Only :class:`TransientError` is retried; everything else surfaces at once. Bounded by attempts
-*and* by total time. When the budget is spent the last error is raised: the caller (a sink loop)
+*and* by total time. When the budget is spent the last error is raised: the caller (a delivery loop)
 leaves the work in the spool and tries again later, so nothing is lost and nothing retries
 forever inside one call. ``sleep`` and ``random`` are injectable so tests never really sleep.
 """

@@ -8,7 +8,7 @@
                     → sources (webhook through the HTTP app, Dekaf) → Service (the HTTP shell)
 
 Every other module receives what it needs as arguments; ``service.py``, ``cli.py`` and
-``dekaf.py`` only use what this module builds. ``env`` is passed in explicitly; nothing reads
+``sources/`` only use what this module builds. ``env`` is passed in explicitly; nothing reads
 the environment on its own.
 """
 
