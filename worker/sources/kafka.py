@@ -126,7 +126,9 @@ class KafkaSource:
         self.refused: str | None = None
         self.crashed: BaseException | None = None
         if metrics is not None:
-            metrics.registry.register(_Collector(self))
+            from worker.sources.kafka_metrics import KafkaCollector
+
+            metrics.registry.register(KafkaCollector(self))
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> KafkaSource:
@@ -411,45 +413,3 @@ class KafkaSource:
 
 def _names(partitions: Iterable[Any]) -> str:
     return ",".join(f"{tp.topic}[{tp.partition}]" for tp in partitions)
-
-
-class _Collector:
-    """Prometheus gauges read from the source's last snapshot at scrape time."""
-
-    def __init__(self, source: KafkaSource) -> None:
-        self.source = source
-
-    def collect(self):  # noqa: ANN201
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        status = self.source.status()
-        kind = self.source.kind
-        labels = ["topic", "partition"]
-        lag = GaugeMetricFamily(f"memory_worker_{kind}_lag_offsets",
-                                "High watermark minus position (journal bytes on Dekaf)", labels=labels)
-        position = GaugeMetricFamily(f"memory_worker_{kind}_position_offset", "Next offset to read",
-                                     labels=labels)
-        committed = GaugeMetricFamily(f"memory_worker_{kind}_committed_offset",
-                                      "Offset committed (after every sink applied it)", labels=labels)
-        high = GaugeMetricFamily(f"memory_worker_{kind}_high_watermark_offset", "Partition end offset",
-                                 labels=labels)
-        undelivered = GaugeMetricFamily(f"memory_worker_{kind}_undelivered_batches",
-                                        "Batches read and spooled, not yet in every sink", labels=labels)
-        for row in status["assignment"]:
-            name = [row["topic"], str(row["partition"])]
-            for family, value in ((lag, row["lag"]), (position, row["position"]),
-                                  (committed, row["committed"]), (high, row["high_watermark"]),
-                                  (undelivered, row["undelivered_batches"])):
-                if value is not None:
-                    family.add_metric(name, value)
-        yield lag
-        yield position
-        yield committed
-        yield high
-        yield undelivered
-        yield GaugeMetricFamily(f"memory_worker_{kind}_assigned_partitions",
-                                "Partitions this worker owns in the group", value=len(status["assignment"]))
-        yield CounterMetricFamily(f"memory_worker_{kind}_messages", "Messages consumed",
-                                  value=status["messages"])
-        yield CounterMetricFamily(f"memory_worker_{kind}_tombstones", "Tombstones consumed",
-                                  value=status["tombstones"])
