@@ -153,7 +153,7 @@ def test_quality_rules_dead_letter_flag_and_drop_and_the_valid_ratio_moves(tmp_p
     assert m[f'memory_worker_quality_failed_total{{{c},rule="no-lunch"}}'] == 1
     # valid = no rule failed: the flagged and the trimmed documents are kept but not valid
     assert m[f"memory_worker_quality_valid_ratio{{{c}}}"] == pytest.approx(1 / 4)
-    assert m[f'memory_worker_documents_dead_lettered_total{{stage="quality"}}'] == 1
+    assert m['memory_worker_documents_dead_lettered_total{stage="quality"}'] == 1
     assert quality[SLACK]["checked"] == 4 and quality[SLACK]["valid_ratio"] == pytest.approx(0.25)
     assert quality[SLACK]["failed"] == {"min-text": 1, "no-lunch": 1, "known-sentiment": 1}
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import random
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +35,7 @@ from worker.errors import FatalError, TransientError
 from worker.prepare import Preparer
 from worker.prepared import PreparedStore
 from worker.records import ApplyStats, PreparedRecord
+from worker.retry import full_jitter_s
 from worker.spool import Spool
 from worker.write import SinkWriter
 
@@ -71,10 +71,8 @@ class _Loop(threading.Thread):
 
     def backoff_s(self, exc: BaseException) -> float:
         """Full jitter over an exponential ceiling, at least the server's Retry-After."""
-        ceiling = min(self.retry.max_backoff_s, self.retry.initial_backoff_s * 2 ** min(self.failures, 16))
-        wait = self._rng(0.0, ceiling)
-        retry_after = getattr(exc, "retry_after_s", None)
-        return max(wait, min(float(retry_after), self.retry.max_backoff_s * 3)) if retry_after else wait
+        return full_jitter_s(self.retry.initial_backoff_s, self.retry.max_backoff_s, self.failures, exc,
+                             self._rng)
 
     def failed(self, exc: BaseException, what: str) -> float:
         """Record a failed pass; returns how long to wait before the next try."""

@@ -21,6 +21,18 @@ from worker.errors import TransientError
 T = TypeVar("T")
 
 
+def full_jitter_s(initial_s: float, max_s: float, attempt: int, exc: BaseException | None,
+                  rng: Callable[[float, float], float] = _random.uniform) -> float:
+    """``uniform(0, min(max_s, initial_s · 2^(attempt-1)))``, never less than the error's
+    Retry-After (capped at 3 × ``max_s``). Shared by sink calls and the delivery loops."""
+    ceiling = min(max_s, initial_s * 2 ** min(max(attempt - 1, 0), 32))
+    wait = rng(0.0, ceiling)
+    retry_after = getattr(exc, "retry_after_s", None)
+    if retry_after:
+        wait = max(wait, min(float(retry_after), max_s * 3))
+    return wait
+
+
 class FullJitterWait(tenacity.wait.wait_base):
     """``uniform(0, min(cap, base * 2**(n-1)))``, but never less than the server's Retry-After."""
 
@@ -30,14 +42,9 @@ class FullJitterWait(tenacity.wait.wait_base):
         self.rng = rng
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        ceiling = min(self.max_s, self.initial_s * 2 ** (retry_state.attempt_number - 1))
-        wait = self.rng(0.0, ceiling)
         outcome = retry_state.outcome
         exc = outcome.exception() if outcome is not None and outcome.failed else None
-        retry_after = getattr(exc, "retry_after_s", None)
-        if retry_after:
-            wait = max(wait, min(float(retry_after), self.max_s * 3))
-        return wait
+        return full_jitter_s(self.initial_s, self.max_s, retry_state.attempt_number, exc, self.rng)
 
 
 def retrying(policy: RetryConfig, *, on_retry: Callable[[BaseException, float], None] | None = None,

@@ -12,7 +12,6 @@ import grpc
 
 from worker.errors import ConfigError, FatalError, SinkMismatch, SinkUnavailable, WorkerError
 from worker.records import QueryFilter
-from worker.sinks.vendor import parse_retry_after
 
 log = logging.getLogger(__name__)
 
