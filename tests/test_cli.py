@@ -105,12 +105,28 @@ def test_reindexing_again_skips_everything(workspace):
     assert summary["documents"] == int(summaries[SLACK][1]["documents"])
 
 
-def test_query_json_returns_full_hits(workspace):
+def test_query_json_returns_documents_with_their_best_chunks(workspace):
     _, config, _ = workspace
     rc, out, err = cli("query", "--config", str(config), "--json", "--k", "5",
                        "Acme asked for the SOC 2 report before signing")
     assert rc == 0, err
-    hits = json.loads(out)
+    answer = json.loads(out)
+    assert answer["group"] == "document" and answer["mode"] == "hybrid" and answer["sink"] == "local"
+    docs = answer["results"]
+    assert len(docs) == 5 and len({d["doc_id"] for d in docs}) == 5  # one result per document
+    for doc in docs:
+        assert {"doc_id", "source", "collection", "title", "score", "chunks", "metadata"} <= set(doc)
+        assert 1 <= len(doc["chunks"]) <= 2 and doc["chunks"][0]["score"] == doc["score"]
+        assert all(c["id"].startswith(doc["doc_id"] + "#") and c["text"] for c in doc["chunks"])
+    assert [d["score"] for d in docs] == sorted((d["score"] for d in docs), reverse=True)
+
+
+def test_query_json_chunk_group_returns_raw_chunks(workspace):
+    _, config, _ = workspace
+    rc, out, err = cli("query", "--config", str(config), "--json", "--k", "5", "--group", "chunk",
+                       "--mode", "vector", "Acme asked for the SOC 2 report before signing")
+    assert rc == 0, err
+    hits = json.loads(out)["results"]
     assert len(hits) == 5
     for hit in hits:
         assert {"id", "doc_id", "source", "score", "text", "metadata"} <= set(hit)
@@ -124,17 +140,28 @@ def test_query_source_filter_returns_only_that_source(workspace, source):
     _, config, _ = workspace
     rc, out, _ = cli("query", "--config", str(config), "--json", "--k", "20", "--source", source,
                      "renewal pricing and the security review")
-    hits = json.loads(out)
-    assert rc == 0 and hits
-    assert {h["source"] for h in hits} == {source}
-    assert all(h["doc_id"].startswith(f"{source}:") for h in hits)
+    docs = json.loads(out)["results"]
+    assert rc == 0 and docs
+    assert {d["source"] for d in docs} == {source}
+    assert all(d["doc_id"].startswith(f"{source}:") for d in docs)
+
+
+def test_query_metadata_filter(workspace):
+    _, config, _ = workspace
+    rc, out, err = cli("query", "--config", str(config), "--json", "--k", "20",
+                       "--filter", '{"labels": {"$in": ["bug"]}}', "memory search problems")
+    assert rc == 0, err
+    docs = json.loads(out)["results"]
+    assert docs and all("bug" in d["metadata"]["labels"] for d in docs)
+    rc, _, err = cli("query", "--config", str(config), "--filter", '{"labelz": "bug"}', "x")
+    assert rc == 1 and "labelz" in err
 
 
 def test_query_time_filter(workspace):
     _, config, _ = workspace
     rc, out, _ = cli("query", "--config", str(config), "--json", "--k", "50", "--after", "2100-01-01",
                      "anything")
-    assert rc == 0 and json.loads(out) == []
+    assert rc == 0 and json.loads(out)["results"] == []
 
 
 def test_query_plain_output_is_readable(workspace):

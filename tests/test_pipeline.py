@@ -202,7 +202,7 @@ def test_older_version_in_the_same_request_loses(runtime_factory):
     rt = runtime_factory()
     run(rt, issue(T0 + 10, 2, label="newer"), issue(T0, 5, label="older"))
     rows = rows_of(rt)
-    assert len(rows) == 2 and all('"newer"' in r["extra"] for r in rows)
+    assert len(rows) == 2 and all(r["labels"] == ["newer"] for r in rows)
 
 
 def test_tick_counter_orders_versions_with_the_same_timestamp(runtime_factory):
@@ -210,7 +210,7 @@ def test_tick_counter_orders_versions_with_the_same_timestamp(runtime_factory):
     run(rt, issue(T0, 2, counter=3, label="third"))
     stats, _ = run(rt, issue(T0, 5, counter=2, label="second"))
     assert stats.skipped_stale == 1
-    assert all('"third"' in r["extra"] for r in rows_of(rt)) and len(rows_of(rt)) == 2
+    assert all(r["labels"] == ["third"] for r in rows_of(rt)) and len(rows_of(rt)) == 2
 
 
 def test_older_version_arriving_later_changes_nothing(runtime_factory):
@@ -261,7 +261,7 @@ def test_recreate_after_delete_works_and_an_older_create_does_not(runtime_factor
     rt = runtime_factory(config)
     stats, _ = run(rt, issue(T0 + 9, 4, op="c", label="reborn"))
     rows = rows_of(rt)
-    assert stats.written == 1 and len(rows) == 4 and all('"reborn"' in r["extra"] for r in rows)
+    assert stats.written == 1 and len(rows) == 4 and all(r["labels"] == ["reborn"] for r in rows)
 
 
 def test_delete_and_recreate_in_one_request_keeps_the_newest(runtime_factory):
@@ -297,5 +297,5 @@ def test_metadata_only_change_rewrites_rows_without_the_model(runtime_factory):
     assert stats.written == 1
     assert rt.engine.stats.chunks == embedded  # cache hit: no model time
     rows = rows_of(rt)
-    assert all('"wontfix"' in r["extra"] for r in rows)
+    assert all(r["labels"] == ["wontfix"] for r in rows)
     assert [r["vector"] for r in rows] == vectors_before

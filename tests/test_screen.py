@@ -141,11 +141,10 @@ def test_quality_rules_dead_letter_flag_and_drop_and_the_valid_ratio_moves(tmp_p
         [letter] = service.rt.dead_letters.list()
     assert set(rows) == {"slack:C024BE91L/2.1", "slack:C024BE91L/2.3", "slack:C024BE91L/2.4"}
     assert letter.stage == "quality" and "min-text" in letter.reason
-    flagged = orjson.loads(rows["slack:C024BE91L/2.3"]["extra"])
-    assert flagged["quality_flags"] == ["no-lunch"]
-    assert "quality_flags" not in orjson.loads(rows["slack:C024BE91L/2.1"]["extra"])
-    assert "sentiment_category" not in orjson.loads(rows["slack:C024BE91L/2.4"]["extra"])
-    assert orjson.loads(rows["slack:C024BE91L/2.1"]["extra"])["sentiment_category"] == "neutral"
+    assert rows["slack:C024BE91L/2.3"]["quality_flags"] == ["no-lunch"]  # a typed column
+    assert rows["slack:C024BE91L/2.1"]["quality_flags"] is None
+    assert rows["slack:C024BE91L/2.4"]["sentiment_category"] is None  # the field was dropped
+    assert rows["slack:C024BE91L/2.1"]["sentiment_category"] == "neutral"
     assert hits[0]["metadata"]["quality_flags"] == ["no-lunch"]
     c = f'collection="{SLACK}"'
     assert m[f"memory_worker_quality_checked_total{{{c}}}"] == 4

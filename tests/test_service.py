@@ -567,7 +567,7 @@ def test_query_filters_by_source_collection_and_publish_time(start_worker):
 
 
 @pytest.mark.parametrize("body", [b"not json", b"[]", b'{"text": ""}', b'{"text": "x", "k": 0}',
-                                  b'{"text": "x", "filter": {"author": "me"}}',
+                                  b'{"text": "x", "filter": {"no_such_field": "me"}}',
                                   b'{"text": "x", "filter": {"published_after": "yesterday"}}'])
 def test_query_rejects_bad_requests_with_a_reason(start_worker, body):
     client, _ = start_worker()
@@ -583,7 +583,8 @@ def test_query_answers_like_the_cli(start_worker, tmp_path, capsys):
     config = write_config(tmp_path, port=free_port())
     assert main(["query", "--config", str(config), "--json", "--k", "3", "SOC 2 report"]) == 0
     cli = orjson.loads(capsys.readouterr().out)
-    assert client.query("SOC 2 report", k=3).json() == {"results": cli}
+    assert client.query("SOC 2 report", k=3).json() == cli
+    assert cli["group"] == "document" and cli["mode"] == "hybrid" and len(cli["results"]) == 3
 
 
 # -- graceful shutdown (a real process, real signals) ---------------------------------------------

@@ -7,6 +7,7 @@ import pytest
 
 from conftest import flow_uuid
 from worker.errors import SinkMismatch
+from worker.fields import FieldSpec
 from worker.records import Chunk, ChunkedDocument, FlowDocument, QueryFilter
 from worker.sinks.base import build_records
 from worker.sinks.local import LocalSink, where_clause
@@ -30,9 +31,13 @@ def vectors(n: int, seed: int = 0) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
+FIELDS = {"channel_name": FieldSpec("channel_name", "string"), "topics": FieldSpec("topics", "string[]")}
+
+
 @pytest.fixture
 def sink(tmp_path):
     s = LocalSink(tmp_path / "lancedb")
+    s.declare_fields(FIELDS)
     s.ensure(DIM, "cosine")
     yield s
     s.close()
@@ -113,7 +118,7 @@ def test_query_ranks_by_cosine_and_filters(sink):
     assert {h.doc_id for h in sink.query(v[0], 4, QueryFilter(published_before=150.0))} == {"slack:a"}
     hit = hits[0]
     assert hit.text == "chunk 1 of gong:b"
-    assert hit.metadata["channel_name"] == "deal-acme"  # binding metadata is expanded back
+    assert hit.metadata["channel_name"] == "deal-acme"  # typed metadata columns come back
     assert hit.metadata["topics"] == ["a", "b"]
     assert "extra" not in hit.metadata and "text" not in hit.metadata
 

@@ -1,4 +1,4 @@
-"""``memory-worker``: check, run, reindex, query, schema, dlq."""
+"""``memory-worker``: check, run, reindex, query, eval, mcp, schema, dlq, openapi."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from typing import Any
 
 from worker.config import WorkerConfig, load_config, masked
 from worker.errors import FatalError, WorkerError
-from worker.query import parse_time
+from worker.contract import QueryRequest
+from worker.filters import FilterInvalid
+from worker.query import parse_request
 from worker.records import QueryFilter
 from worker.sinks.registry import SINKS
 
@@ -53,6 +55,11 @@ def cmd_check(args: argparse.Namespace) -> int:
                  "metric": info.metric, "records": info.records}
         if info.error:
             entry["error"] = info.error
+        if info.warnings:
+            entry["warnings"] = list(info.warnings)
+        index_state = getattr(sink, "index_state", None)
+        if index_state is not None:
+            entry["indices"] = index_state()
         if info.dimension is not None and info.dimension != spec.dimensions:
             entry["error"] = f"dimension {info.dimension} != model's {spec.dimensions}"
             ok = False
@@ -76,6 +83,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             state = "ok" if s.get("reachable") and "error" not in s else "FAIL"
             print(f"sink    {name}: {state} {s.get('target', '')} dim={s.get('dimension')} "
                   f"records={s.get('records')} {s.get('error', s.get('note', ''))}".rstrip())
+            for warning in s.get("warnings", ()):
+                print(f"        warning: {warning}")
         print("settings (secrets masked):")
         print(json.dumps(out["settings"], indent=2, default=str))
     return 0 if ok else 1
@@ -153,34 +162,59 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     return 0
 
 
+def query_request(args: argparse.Namespace) -> QueryRequest:
+    """The CLI flags → the same :class:`QueryRequest` ``POST /query`` takes."""
+    flt: dict[str, Any] = {}
+    if args.filter:
+        try:
+            flt = json.loads(args.filter)
+        except ValueError as exc:
+            raise FilterInvalid(f"--filter is not JSON: {exc}", field="filter") from None
+    for name, value in (("source", args.source), ("collection", args.collection),
+                        ("published_after", args.after), ("published_before", args.before)):
+        if value is not None:
+            flt[name] = value
+    body = {"text": args.text, "k": args.k, "mode": args.mode, "group": args.group,
+            "chunks_per_doc": args.chunks_per_doc, "context": args.context, "filter": flt,
+            "sink": args.sink}
+    if args.alpha is not None:
+        body["alpha"] = args.alpha
+    return parse_request({k: v for k, v in body.items() if v is not None})
+
+
 def cmd_query(args: argparse.Namespace) -> int:
-    from worker.runtime import build_sinks, load_model
+    from worker.runtime import build_retriever
 
     config = _config(args)
-    spec, embedder = load_model(config, _env())
-    name = args.sink or config.sinks.names()[0]
-    sink = build_sinks(config, only=name)[name]
-    where = QueryFilter(source=args.source, collection=args.collection,
-                        published_after=parse_time(args.after), published_before=parse_time(args.before))
-    from worker.documents import Binding
-    from worker.screen import Screen
-
-    secret = config.privacy.pseudonym_secret
-    screen = Screen({b.collection: Binding(b) for b in config.bindings},
-                    secret=secret.get_secret_value().encode() if secret is not None else None)
-    hits = sink.query(embedder.embed_query(screen.mask_query(args.text, args.collection)), args.k, where)
-    sink.close()
+    req = query_request(args)
+    retriever = build_retriever(config, _env(), sink=args.sink)
+    try:
+        response = retriever.search(req)
+    finally:
+        for sink in retriever.sinks.values():
+            sink.close()
     if args.json:
-        print(json.dumps([h.as_json() for h in hits], ensure_ascii=False, indent=2))
+        print(json.dumps(response.model_dump(mode="json", exclude_none=True), ensure_ascii=False, indent=2))
         return 0
-    if not hits:
+    for warning in response.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if not response.results:
         print("no results")
-    for rank, h in enumerate(hits, 1):
-        excerpt = " ".join(h.text.split("\n", 1)[-1].split())[:240]
-        print(f"{rank:>2}. {h.score:.3f}  [{h.source}] {h.metadata.get('title', '')}")
-        if h.metadata.get("url"):
-            print(f"    {h.metadata['url']}")
-        print(f"    {excerpt}")
+    for rank, r in enumerate(response.results, 1):
+        print(f"{rank:>2}. {r.score:.3f}  [{r.source}] {r.title}")
+        if r.url:
+            print(f"    {r.url}")
+        texts = [c.text for c in r.chunks] if hasattr(r, "chunks") else [r.text]
+        for text in texts:
+            excerpt = " ".join(text.split("\n", 1)[-1].split())[:240]
+            print(f"    {excerpt}")
+    return 0
+
+
+def cmd_openapi(args: argparse.Namespace) -> int:
+    from worker.contract import openapi
+
+    print(json.dumps(openapi(), indent=2, sort_keys=True))
     return 0
 
 
@@ -267,8 +301,17 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
 # -- parser ------------------------------------------------------------------------------------
 
+def _lazy(module: str, name: str) -> Any:  # noqa: ANN401
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from worker import __version__
+
     p = argparse.ArgumentParser(prog="memory-worker", description=__doc__)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def config_arg(sp: argparse.ArgumentParser) -> None:
@@ -301,10 +344,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("paths", nargs="*")
     sp.set_defaults(func=cmd_reindex)
 
-    sp = sub.add_parser("query", help="similarity search, as AI Memory V2 asks it")
+    sp = sub.add_parser("query", help="search, as AI Memory V2 asks it (POST /query's options)")
     config_arg(sp)
     sp.add_argument("text")
-    sp.add_argument("--k", type=int, default=5)
+    sp.add_argument("--k", type=int, default=5, help="documents (or chunks with --group chunk)")
+    sp.add_argument("--mode", choices=["hybrid", "vector", "keyword"], default="hybrid")
+    sp.add_argument("--alpha", type=float, help="hybrid weight of the vector leg (default 0.5)")
+    sp.add_argument("--group", choices=["document", "chunk"], default="document")
+    sp.add_argument("--chunks-per-doc", type=int, default=2)
+    sp.add_argument("--context", type=int, default=0, help="neighbouring chunks around the best one")
+    sp.add_argument("--filter", help='JSON filter, e.g. \'{"labels": {"$in": ["bug"]}}\'')
     sp.add_argument("--source", choices=None, help="gong, slack, github, or a generic source")
     sp.add_argument("--collection")
     sp.add_argument("--after", help="published at or after (ISO 8601 or unix seconds)")
@@ -312,6 +361,28 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sink", choices=list(SINKS))
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_query)
+
+    sp = sub.add_parser("eval", help="retrieval quality on a labelled query file: recall@k, MRR@10, nDCG@10")
+    config_arg(sp)
+    sp.add_argument("--queries", required=True, help="query file (format: README, Evaluating retrieval)")
+    sp.add_argument("--sink", choices=list(SINKS), action="append",
+                    help="sink to evaluate (repeatable; default: every configured sink)")
+    sp.add_argument("--mode", choices=["hybrid", "vector", "keyword"], action="append",
+                    help="mode to evaluate (repeatable; default: all three)")
+    sp.add_argument("--group", choices=["document", "chunk"], action="append",
+                    help="grouping to evaluate (repeatable; default: document)")
+    sp.add_argument("--k", type=int, default=3, help="the k of recall@k (default 3)")
+    sp.add_argument("--json", action="store_true", help="print the report as JSON")
+    sp.add_argument("--misses", type=int, default=20, help="misses to list per run (default 20)")
+    sp.set_defaults(func=lambda a: _lazy("worker.evaluate", "cmd_eval")(a))
+
+    sp = sub.add_parser("mcp", help="serve the MCP tools (search_memory, get_document, list_sources) over stdio")
+    config_arg(sp)
+    sp.add_argument("--sink", choices=list(SINKS), help="default sink of the tools")
+    sp.set_defaults(func=lambda a: _lazy("worker.mcp_server", "cmd_mcp")(a))
+
+    sp = sub.add_parser("openapi", help="print the query API's OpenAPI document (worker/openapi.json)")
+    sp.set_defaults(func=cmd_openapi)
 
     sp = sub.add_parser("schema", help="check a collection's JSON schema against its binding")
     config_arg(sp)

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, create_model,
 
 from worker.configbase import RetryConfig, Strict
 from worker.errors import ConfigError
+from worker.fields import PRESET_FIELDS, FieldCatalog, check_name
 from worker.privacy import PrivacyPolicy
 from worker.quality import QualityRules
 from worker.sinks.registry import SINKS
@@ -28,6 +29,11 @@ __all__ = ["RetryConfig", "Strict", "WorkerConfig", "load_config", "masked", "pa
 
 PRESETS = ("gong_call", "slack_message", "github_document")
 CHUNKERS = ("transcript", "slack", "markdown", "plain")
+
+
+class MetadataField(Strict):
+    pointer: str
+    type: Literal["string", "string[]", "number", "integer", "boolean", "time"] = "string"
 
 
 class BindingConfig(Strict):
@@ -45,7 +51,10 @@ class BindingConfig(Strict):
     text: tuple[str, ...] | None = None
     title: str | None = None
     url: str | None = None
-    metadata: dict[str, str] = Field(default_factory=dict)
+    #: Extra metadata fields: ``name: /pointer`` (a string field) or
+    #: ``name: {pointer: /pointer, type: string|string[]|number|integer|boolean|time}``. Every
+    #: field is stored typed and filterable in every sink (worker/fields.py).
+    metadata: dict[str, str | MetadataField] = Field(default_factory=dict)
     chunker: Literal["transcript", "slack", "markdown", "plain"] | None = None
     #: PII and secret masking before anything is chunked or embedded (worker/privacy.py).
     privacy: PrivacyPolicy | None = None
@@ -61,12 +70,27 @@ class BindingConfig(Strict):
                     f"binding {self.collection!r} has no preset, so it needs a generic mapping; "
                     f"missing: {', '.join(missing)} (or set preset: one of {', '.join(PRESETS)})"
                 )
+        for name in self.metadata:
+            check_name(name, f"binding {self.collection!r}")
         for pointer in (*(self.key or ()), *(self.text or ()), self.title, self.url,
-                        *self.metadata.values()):
+                        *self.pointers().values()):
             if pointer is not None and not pointer.startswith("/"):
                 raise ValueError(f"binding {self.collection!r}: {pointer!r} is not a JSON pointer "
                                  "(it must start with '/')")
         return self
+
+
+    def pointers(self) -> dict[str, str]:
+        """Extra metadata field name → JSON pointer."""
+        return {n: (m if isinstance(m, str) else m.pointer) for n, m in self.metadata.items()}
+
+    def declared_fields(self) -> dict[str, str]:
+        """Every metadata field of this binding with its type: the preset's, then the extra ones."""
+        out: dict[str, str] = dict(PRESET_FIELDS.get(self.preset or "", {}))
+        out["quality_flags"] = "string[]"  # set by quality rules with action flag
+        for name, m in self.metadata.items():
+            out[name] = "string" if isinstance(m, str) else m.type
+        return out
 
 
 class ChunkingConfig(Strict):
@@ -260,10 +284,15 @@ class WorkerConfig(Strict):
                for b in self.bindings) and self.privacy.pseudonym_secret is None:
             raise ValueError("a binding pseudonymizes but privacy.pseudonym_secret is not set; set it "
                              "(e.g. ${MEMORY_WORKER_PSEUDONYM_KEY}) or use redact")
+        self.field_catalog()  # one name, one type across the bindings
         if not self.sinks.names():
             raise ValueError("no sink configured: set at least one of "
                              + ", ".join(f"sinks.{name}" for name in SINKS))
         return self
+
+    def field_catalog(self) -> FieldCatalog:
+        """Every typed, filterable metadata field of the bindings (worker/fields.py)."""
+        return FieldCatalog({b.collection: b.declared_fields() for b in self.bindings})  # type: ignore[misc]
 
     def binding(self, collection: str) -> BindingConfig | None:
         for b in self.bindings:

@@ -19,6 +19,7 @@ import orjson
 
 from worker.config import BindingConfig
 from worker.errors import DocumentInvalid
+from worker.fields import BindingFields
 from worker.ids import document_id
 from worker.pointers import MISSING as _MISSING, resolve_pointer
 from worker.records import FlowDocument, MetadataValue, Section
@@ -99,6 +100,7 @@ class Binding:
         self.key_pointers: tuple[str, ...] = config.key or (preset.key if preset else ())
         self.chunker: str = config.chunker or (preset.chunker if preset else "plain")
         self._preset = preset
+        self.fields = BindingFields(config.collection, config.declared_fields())  # type: ignore[arg-type]
 
     # -- parsing -----------------------------------------------------------------------------
     def _invalid(self, message: str, key: tuple[str, ...] | None, field: str | None) -> DocumentInvalid:
@@ -149,10 +151,11 @@ class Binding:
         else:
             fields = self._generic(raw, env.key)
         metadata = dict(fields.pop("metadata"))
-        for name, pointer in self.config.metadata.items():
+        for name, pointer in self.config.pointers().items():
             value = metadata_value(resolve_pointer(raw, pointer))
             if value is not None:
                 metadata[name] = value
+        metadata = self.fields.coerce(metadata, doc_id)
         return FlowDocument(**base, **fields, metadata=metadata)
 
     def _generic(self, raw: Mapping[str, Any], key: tuple[str, ...]) -> dict[str, Any]:

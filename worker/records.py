@@ -99,13 +99,60 @@ class StoredDocument:
     deleted: bool = False
 
 
+FilterOp = Literal["eq", "in", "gte", "gt", "lte", "lt"]
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """One filter condition on a typed field (``kind`` is its type in worker/fields.py).
+
+    On a ``string[]`` field ``eq`` means "contains" and ``in`` means "contains any"; ``value`` is
+    a tuple for ``in``. Built and checked by :mod:`worker.filters`; each sink renders it natively.
+    """
+
+    field: str
+    kind: str
+    op: FilterOp
+    value: object
+
+
 @dataclass(frozen=True, slots=True)
 class QueryFilter:
+    """Conditions a query's results must meet (all of them): the common ones by name, plus
+    ``where`` for any typed metadata field."""
+
     source: str | None = None
     collection: str | None = None
     published_after: float | None = None
     published_before: float | None = None
     doc_id: str | None = None
+    where: tuple[Condition, ...] = ()
+
+    def conditions(self) -> list[Condition]:
+        out = [Condition(name, "string", "eq", getattr(self, name))
+               for name in ("source", "collection", "doc_id") if getattr(self, name)]
+        if self.published_after is not None:
+            out.append(Condition("published_at", "time", "gte", float(self.published_after)))
+        if self.published_before is not None:
+            out.append(Condition("published_at", "time", "lt", float(self.published_before)))
+        return out + list(self.where)
+
+
+SearchMode = Literal["vector", "keyword", "hybrid"]
+
+
+@dataclass(frozen=True, slots=True)
+class SinkQuery:
+    """What a sink is asked: ``k`` chunks for ``mode``. ``vector`` is the normalized query
+    embedding (None in keyword mode); ``text`` the (masked) query text for the keyword leg;
+    ``alpha`` the weight of the vector leg in hybrid (1 = vector only, 0 = keyword only)."""
+
+    k: int
+    where: QueryFilter = QueryFilter()
+    vector: np.ndarray | None = None
+    text: str = ""
+    mode: SearchMode = "vector"
+    alpha: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +169,15 @@ class QueryHit:
                 "score": round(float(self.score), 6), "text": self.text,
                 "title": self.metadata.get("title", ""), "url": self.metadata.get("url", ""),
                 "metadata": self.metadata}
+
+
+@dataclass(slots=True)
+class SinkAnswer:
+    """A sink's answer: hits best first, the mode it really ran, and why if that differs."""
+
+    hits: list[QueryHit]
+    mode: SearchMode
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)

@@ -36,6 +36,7 @@ from worker.modelspec import ModelSpec, load_spec
 from worker.pipeline import Pipeline
 from worker.prepare import Preparer
 from worker.prepared import PreparedStore
+from worker.retrieve import Retriever, engine_query_embedder
 from worker.screen import Screen
 from worker.sinks.base import Sink
 from worker.sinks.registry import SINKS
@@ -60,6 +61,7 @@ def build_sinks(config: WorkerConfig, *, only: str | None = None,
                 metrics: Metrics | None = None) -> dict[str, Sink]:
     """The configured sinks (or just ``only``), built through the sink registry."""
     sinks: dict[str, Sink] = {}
+    catalog = config.field_catalog()
     names = config.sinks.names() if only is None else [only]
     for name in names:
         cfg = getattr(config.sinks, name, None)
@@ -67,6 +69,7 @@ def build_sinks(config: WorkerConfig, *, only: str | None = None,
             raise ConfigError(f"sink {name!r} is not configured (sinks.{name})")
         sinks[name] = SINKS[name].build(cfg, config.retry,
                                         on_retry=metrics.on_retry(name) if metrics else None)
+        sinks[name].declare_fields(catalog.metadata)
     return sinks
 
 
@@ -138,6 +141,12 @@ class Runtime:
     pipeline: Pipeline
     screen: Screen
     bindings: dict[str, Binding] = field(default_factory=dict)
+
+    def retriever(self) -> Retriever:
+        """Queries over these sinks, embedded through the engine (priority over ingest)."""
+        return Retriever(embed_query=engine_query_embedder(self.embedder, self.engine), sinks=self.sinks,
+                         catalog=self.config.field_catalog(), screen=self.screen,
+                         sources={c: b.source for c, b in self.bindings.items()})
 
     def close(self) -> None:
         self.engine.stop()
@@ -217,6 +226,21 @@ def build_runtime(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
     pipeline = Pipeline(preparer, writers)
     return Runtime(config, spec, embedder, engine, chunker, sinks, ledger, dead_letters, cache,
                    preparer, writers, pipeline, screen, bindings)
+
+
+def build_retriever(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
+                    sink: str | None = None, embedder: Embedder | None = None) -> Retriever:
+    """What ``query``, ``eval`` and ``mcp`` need: the model, the sinks (not ensured: a query
+    never creates an index) and the bindings' screen for masking queries. No engine thread."""
+    env = dict(os.environ) if env is None else env
+    if embedder is None:
+        _, embedder = load_model(config, env)
+    bindings = {b.collection: Binding(b) for b in config.bindings}
+    secret = config.privacy.pseudonym_secret
+    screen = Screen(bindings, secret=secret.get_secret_value().encode() if secret is not None else None)
+    return Retriever(embed_query=embedder.embed_query, sinks=build_sinks(config, only=sink),
+                     catalog=config.field_catalog(), screen=screen,
+                     sources={c: b.source for c, b in bindings.items()})
 
 
 def build_service(config: WorkerConfig, env: Mapping[str, str] | None = None, *,

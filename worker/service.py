@@ -37,9 +37,11 @@ from worker.config import WorkerConfig
 from worker.delivery import PrepareLoop, SinkLoop
 from worker.errors import BodyTooLarge, RequestInvalid, TransientError, WorkerError, http_status
 from worker.intake import Intake, check_bearer
+from worker.mcp_server import McpEndpoint
 from worker.metrics import Metrics
 from worker.prepared import PreparedStore
-from worker.query import query_args, run_query
+from worker.contract import openapi
+from worker.query import parse_request
 from worker.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,7 @@ class Service:
         self.started_at = time.time()
         self.draining = False
         self._closed = False
+        self.retriever = rt.retriever()
         metrics.watch(self.gauges)
 
     @property
@@ -108,8 +111,10 @@ class Service:
         headers = {}
         if status == 503:
             headers["Retry-After"] = str(int(getattr(exc, "retry_after_s", None) or 5))
-        return JSONResponse({"error": type(exc).__name__, "reason": str(exc)}, status_code=status,
-                            headers=headers)
+        body = {"error": type(exc).__name__, "reason": str(exc)}
+        if getattr(exc, "field", None):
+            body["field"] = exc.field  # type: ignore[attr-defined]
+        return JSONResponse(body, status_code=status, headers=headers)
 
     async def webhook(self, request: Request) -> Response:
         collection = request.path_params["collection"]
@@ -230,28 +235,55 @@ class Service:
         return JSONResponse({"ready": ready, "model": self.rt.spec.id, "draining": self.draining, **checks},
                             status_code=200 if ready else 503)
 
+    def _authorize_query(self, request: Request) -> None:
+        check_bearer(request.headers.get("authorization"), _secret(self.config.server.query_token))
+
     async def query(self, request: Request) -> Response:
         started = time.perf_counter()
         try:
-            check_bearer(request.headers.get("authorization"), _secret(self.config.server.query_token))
+            self._authorize_query(request)
             body = await _read_body(request, 1024 * 1024)
             try:
                 payload = orjson.loads(body)
             except orjson.JSONDecodeError as exc:
                 raise RequestInvalid(f"body is not valid JSON: {exc}") from None
-            where, text, k, sink = query_args(payload, list(self.rt.sinks))
-            hits = await run_in_threadpool(lambda: run_query(self.rt.embedder, self.rt.engine,
-                                                             self.rt.sinks[sink], text, k, where,
-                                                             screen=self.rt.screen))
+            req = parse_request(payload)
+            response = await run_in_threadpool(self.retriever.search, req)
         except WorkerError as exc:
             return self._error(exc)
         self.metrics.query_seconds.observe(time.perf_counter() - started)
-        return JSONResponse({"results": [h.as_json() for h in hits]})
+        return Response(orjson.dumps(response.model_dump(mode="json", exclude_none=True)),
+                        media_type="application/json")
+
+    async def query_sources(self, request: Request) -> Response:
+        try:
+            self._authorize_query(request)
+        except WorkerError as exc:
+            return self._error(exc)
+        return JSONResponse([s.model_dump(mode="json") for s in self.retriever.sources()])
+
+    async def query_document(self, request: Request) -> Response:
+        try:
+            self._authorize_query(request)
+            doc_id = request.path_params["doc_id"]
+            view = await run_in_threadpool(self.retriever.get_document, doc_id,
+                                           request.query_params.get("sink"))
+        except WorkerError as exc:
+            return self._error(exc)
+        if view is None:
+            return JSONResponse({"error": f"no document {doc_id!r}", "field": "doc_id"}, status_code=404)
+        return JSONResponse(view.model_dump(mode="json", exclude_none=True))
+
+    async def openapi_endpoint(self, request: Request) -> Response:
+        return JSONResponse(openapi())
 
     def app(self) -> Starlette:
         webhook = [Route("/estuary/webhook/{collection:path}", self.webhook, methods=["POST"])] \
             if self.config.sources.webhook.enabled else []
-        return Starlette(routes=[
+        # MCP (streamable HTTP) behind the query token; its session manager runs in the lifespan.
+        mcp = McpEndpoint(self.retriever, authorize=self._authorize_query, refuse=self._error,
+                          host=self.config.server.host)
+        return Starlette(lifespan=mcp.lifespan, routes=[
             *webhook,
             Route("/estuary/status", self.status, methods=["GET"]),
             Route("/estuary/schema", self.schema, methods=["GET"]),
@@ -259,6 +291,10 @@ class Service:
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/readyz", self.readyz, methods=["GET"]),
             Route("/query", self.query, methods=["POST"]),
+            Route("/query/sources", self.query_sources, methods=["GET"]),
+            Route("/query/documents/{doc_id:path}", self.query_document, methods=["GET"]),
+            Route("/openapi.json", self.openapi_endpoint, methods=["GET"]),
+            Route("/mcp", mcp),
         ])
 
     def close(self) -> None:
@@ -345,7 +381,7 @@ def run_server(service: Service) -> int:
     logs.setup(config.log_level, config.log_format)
     service.start()
     uv = uvicorn.Config(service.app(), host=config.server.host, port=config.server.port,
-                        log_level="warning", access_log=False, lifespan="off",
+                        log_level="warning", access_log=False, lifespan="on",
                         timeout_graceful_shutdown=config.server.shutdown_timeout_s * SHUTDOWN_REQUESTS_SHARE)
     server = _Server(uv, service, config.server.shutdown_timeout_s)
     log.info("serving", extra={"host": config.server.host, "port": config.server.port,

@@ -30,7 +30,8 @@ from worker.engine import EmbeddingEngine
 from worker.ledger import Ledger
 from worker.prepare import unchanged
 from worker.records import Chunk, ChunkedDocument, FlowDocument, PreparedRecord, StoredDocument
-from worker.sinks.base import Sink, build_records
+from worker.ids import chunk_id
+from worker.sinks.base import MetadataTooLarge, Sink, build_records
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +109,18 @@ class SinkWriter:
 
         rows, done, visible = [], [], []
         tails: list[tuple[str, int, int]] = []
+        too_large: dict[str, str] = {}
         for cd, prior in writes:
             doc = cd.document
             old_count = 0 if prior is None or prior.deleted else prior.chunk_count
             if unchanged(prior, cd):
                 out.unchanged.add(doc.doc_id)
             elif cd.chunks:
-                rows.extend(build_records(cd, [vectors[c.content_hash] for c in cd.chunks]))
+                try:
+                    rows.extend(build_records(cd, [vectors[c.content_hash] for c in cd.chunks]))
+                except MetadataTooLarge as exc:  # reported and dead-lettered, never emptied
+                    too_large[chunk_id(doc.doc_id, 0)] = str(exc)
+                    continue
                 visible.append(doc)
                 out.written.add(doc.doc_id)
             if old_count > len(cd.chunks):
@@ -122,6 +128,7 @@ class SinkWriter:
             done.append(StoredDocument(doc.doc_id, doc.version, len(cd.chunks), cd.text_hash,
                                        cd.meta_hash))
         outcome = self.sink.upsert(rows)
+        outcome.rejected.update(too_large)
         if outcome.rejected:
             self._dead_letter_records(outcome.rejected, record)
             out.dead_lettered = len(outcome.rejected)

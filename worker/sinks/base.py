@@ -15,8 +15,14 @@ A sink stores :class:`VectorRecord` rows. Every row carries the same flat metada
 ``published_at``   unix seconds of the publish time
 ``title`` ``url``  document title and link
 ``text``           the chunk text, trimmed so all metadata fits Pinecone's 40 KB
-``extra``          the binding's metadata fields as a JSON object string
+(fields)           the binding's typed metadata fields, flat (worker/fields.py): a column,
+                   a property or a metadata key each, filterable in every sink
 =================  =====================================================================
+
+Rows written before typed fields held them in ``extra`` (a JSON string); a query still expands it.
+A document whose metadata alone would not fit Pinecone's limit cannot be stored whole in every
+sink: :func:`build_records` raises :class:`MetadataTooLarge` naming the largest fields, and the
+writer dead-letters the document (stage ``write``) instead of emptying fields silently.
 
 Contract for implementations: every method is idempotent; vendor exceptions are translated into
 :mod:`worker.errors` at this boundary (``TransientError`` to retry later, ``RecordRejected`` for a
@@ -33,7 +39,9 @@ import numpy as np
 import orjson
 
 from worker.ids import chunk_id, chunk_uuid
-from worker.records import ChunkedDocument, MetadataValue, QueryFilter, QueryHit, StoredDocument, VectorRecord
+from worker.errors import PermanentError
+from worker.records import (ChunkedDocument, MetadataValue, QueryFilter, QueryHit, SinkAnswer, SinkQuery,
+                            StoredDocument, VectorRecord)
 
 MAX_METADATA_BYTES = 40 * 1024
 _METADATA_HEADROOM = 512  # JSON punctuation and the store's own accounting
@@ -58,6 +66,7 @@ class SinkInfo:
     metric: str | None
     records: int | None
     error: str | None = None
+    warnings: tuple[str, ...] = ()  # e.g. a mode the target cannot serve
 
 
 class Sink(Protocol):
@@ -80,6 +89,13 @@ class Sink(Protocol):
 
     def query(self, vector: np.ndarray, k: int, where: QueryFilter) -> list[QueryHit]:
         """The ``k`` nearest chunks under the filter, best first; ``score`` is cosine similarity."""
+
+    def search(self, q: SinkQuery) -> SinkAnswer:
+        """``q.k`` chunks for ``q.mode`` (vector, keyword or hybrid, each the store's native way).
+        A store that cannot run the mode runs the nearest one it can and says so in warnings."""
+
+    def fetch_chunks(self, ids: Sequence[str]) -> dict[str, QueryHit]:
+        """Stored chunks by id (score 0); absent ids are left out."""
 
     def info(self) -> SinkInfo:
         """Reachability, target, dimension and record count (for ``check`` and /readyz)."""
@@ -121,18 +137,33 @@ def trim_text(text: str, budget_bytes: int) -> str:
     return text[:lo] + "…"
 
 
+class MetadataTooLarge(PermanentError):
+    """A document's metadata fields alone pass the stores' metadata limit."""
+
+
+#: The chunk text keeps at least this much room; metadata that leaves less is refused.
+MIN_TEXT_BYTES = 4096
+
+
 def build_records(chunked: ChunkedDocument, vectors: np.ndarray) -> list[VectorRecord]:
     """Rows for one document: deterministic ids and metadata that fits every store's limits."""
     doc = chunked.document
-    extra = orjson.dumps(doc.metadata, option=orjson.OPT_SORT_KEYS).decode()
     base: dict[str, MetadataValue] = {
         "doc_id": doc.doc_id, "source": doc.source, "collection": doc.collection,
         "chunk_count": len(chunked.chunks), "text_hash": chunked.text_hash,
         "meta_hash": chunked.meta_hash, "version": format_version(doc.version),
         "published_at": doc.published_at, "title": doc.title[:1024], "url": doc.url[:2048],
-        "extra": extra if len(extra) <= MAX_METADATA_BYTES // 4 else "{}",
     }
+    for name, value in doc.metadata.items():
+        if name not in base:
+            base[name] = value
     fixed = len(orjson.dumps(base)) + 256  # chunk_index, content_hash, "text" key
+    if fixed + MIN_TEXT_BYTES + _METADATA_HEADROOM > MAX_METADATA_BYTES:
+        sizes = sorted(((len(orjson.dumps(v)), n) for n, v in doc.metadata.items()), reverse=True)
+        largest = ", ".join(f"{n} ({size} B)" for size, n in sizes[:3])
+        raise MetadataTooLarge(f"metadata of {doc.doc_id} is {fixed} bytes; with the chunk text it "
+                               f"cannot fit the {MAX_METADATA_BYTES // 1024} KB per-record metadata "
+                               f"limit (Pinecone's); largest fields: {largest}")
     records = []
     for chunk, vector in zip(chunked.chunks, vectors, strict=True):
         meta = dict(base)
@@ -152,8 +183,8 @@ def stored_from_metadata(meta: dict[str, object]) -> StoredDocument:
 
 
 def hit_from_metadata(record_id: str, score: float, meta: dict[str, object]) -> QueryHit:
-    """A query result; ``extra`` is expanded back into the metadata."""
-    out = {k: v for k, v in meta.items() if k not in ("extra", "text")}
+    """A query result; a legacy row's ``extra`` is expanded back into the metadata."""
+    out = {k: v for k, v in meta.items() if k not in ("extra", "text") and v is not None}
     try:
         extra = orjson.loads(str(meta.get("extra") or "{}"))
     except orjson.JSONDecodeError:

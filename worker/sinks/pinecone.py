@@ -35,7 +35,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import orjson
@@ -44,7 +44,8 @@ from pydantic import Field, SecretStr
 from worker.configbase import RetryConfig, Strict
 from worker.errors import ConfigError, SinkMismatch, SinkUnavailable, WorkerError
 from worker.ids import chunk_id, chunk_prefix
-from worker.records import QueryFilter, QueryHit, StoredDocument, VectorRecord
+from worker.records import QueryFilter, QueryHit, SinkAnswer, SinkQuery, StoredDocument, VectorRecord
+from worker.sparse import encode_query
 from worker.sinks.base import (OnRetry, SinkInfo, SinkKind, UpsertOutcome, hit_from_metadata,
                                stored_from_metadata)
 from worker.sinks.pinecone_wire import (MAX_IDS_PER_DELETE, MAX_LIST_PAGE, MAX_TOP_K, READY_POLL_S,
@@ -69,6 +70,10 @@ class PineconeSinkConfig(Strict):
     max_parallel_requests: int = Field(default=8, ge=1, le=64)
     max_request_bytes: int = Field(default=2 * 1000 * 1000, ge=64 * 1024)
     max_request_vectors: int = Field(default=1000, ge=1, le=1000)
+    #: The metric of an index the worker creates: ``dotproduct`` (the default) carries sparse
+    #: BM25-style vectors for hybrid search, and equals cosine for the model's normalized
+    #: vectors; ``cosine`` makes a dense-only index (hybrid then answers as vector).
+    metric: Literal["dotproduct", "cosine"] = "dotproduct"
 
 
 class PineconeSink(VendorSink):
@@ -103,6 +108,7 @@ class PineconeSink(VendorSink):
         self._lock = threading.Lock()
         self._dims: int | None = None
         self._metric: str | None = None
+        self._integers: tuple[str, ...] = ()
 
     # -- plumbing ----------------------------------------------------------------------------
     def _attempt(self, what: str, fn: Callable[[], T]) -> T:
@@ -165,13 +171,29 @@ class PineconeSink(VendorSink):
         else:
             model = self._describe() or self._create(dimensions)
             have_dims, have_metric = getattr(model, "dimension", None), getattr(model, "metric", None)
-        if (have_dims is not None and have_dims != dimensions) or (have_metric or metric) != metric:
+        # Normalized vectors: dotproduct ranks and scores exactly as cosine does.
+        if (have_dims is not None and have_dims != dimensions) or \
+                (have_metric or metric) not in ("cosine", "dotproduct"):
             raise SinkMismatch(
                 f"pinecone index {self.cfg.index!r} holds {have_dims}-d vectors with the "
                 f"{have_metric or 'unknown'} metric, but the model makes {dimensions}-d vectors "
                 f"compared by {metric}; point sinks.pinecone.index at a new index (it is created "
                 "on start) or run `memory-worker reindex` into one")
-        self._dims, self._metric = dimensions, metric
+        self._dims, self._metric = dimensions, have_metric or metric
+        if self._metric == "cosine":
+            log.warning("pinecone index is cosine: it cannot hold sparse vectors, so hybrid and "
+                        "keyword queries answer as vector; create a dotproduct index (the "
+                        "default for a new one) and reindex into it for hybrid search",
+                        extra={"index": self.cfg.index})
+
+    @property
+    def hybrid(self) -> bool:
+        """The index takes sparse vectors (dotproduct metric)."""
+        return self._metric == "dotproduct"
+
+    def declare_fields(self, fields: Any) -> None:  # noqa: ANN401
+        """Pinecone metadata is schemaless; integer fields are read back as ints."""
+        self._integers = tuple(n for n, f in fields.items() if f.type == "integer")
 
     def _create(self, dimensions: int) -> Any:
         from pinecone import ServerlessSpec
@@ -182,7 +204,7 @@ class PineconeSink(VendorSink):
         try:
             self._call(f"create_index {name}", lambda: self._pc.create_index(
                 name=name, spec=ServerlessSpec(cloud=self.cfg.cloud, region=self.cfg.region),
-                dimension=dimensions, metric="cosine", timeout=-1))  # we poll, with our sleep
+                dimension=dimensions, metric=self.cfg.metric, timeout=-1))  # we poll, with our sleep
         except Refused as exc:
             if exc.status != 409:  # 409: created meanwhile (by another worker, or a lost answer)
                 raise
@@ -198,7 +220,7 @@ class PineconeSink(VendorSink):
         if not records:
             return UpsertOutcome()
         index = self._data()
-        items = [wire_record(r) for r in records]
+        items = [wire_record(r, sparse=self.hybrid) for r in records]
         sizes = [len(orjson.dumps(item)) for item in items]
         envelope: dict[str, Any] = {"vectors": []}
         if self.cfg.namespace:
@@ -294,16 +316,60 @@ class PineconeSink(VendorSink):
                                 extra={"id": vid, "target": self.target})
         return found
 
-    def query(self, vector: np.ndarray, k: int, where: QueryFilter) -> list[QueryHit]:
-        if k <= 0:
-            return []
+    def fetch_chunks(self, ids: Sequence[str]) -> dict[str, QueryHit]:
+        if not ids:
+            return {}
         index = self._data()
-        values = np.asarray(vector, dtype=np.float32).tolist()  # the SDK refuses ndarrays here
-        flt = pinecone_filter(where) or None
+
+        def fetch(batch: list[str]) -> dict[str, Any]:
+            response = self._call(f"fetch from {self.target}", lambda: index.fetch(
+                ids=batch, namespace=self.cfg.namespace, timeout=self._timeout_s))
+            return {vid: vector.metadata for vid, vector in response.vectors.items()}
+
+        found: dict[str, QueryHit] = {}
+        for part in self._parallel(fetch, fetch_batches({i: i for i in ids})):
+            for vid, metadata in part.items():
+                found[vid] = hit_from_metadata(vid, 0.0, from_wire(metadata, self._integers))
+        return found
+
+    def query(self, vector: np.ndarray, k: int, where: QueryFilter) -> list[QueryHit]:
+        return self.search(SinkQuery(k=k, where=where, vector=vector)).hits
+
+    def search(self, q: SinkQuery) -> SinkAnswer:
+        """Pinecone's single-index hybrid: the dense query scaled by ``alpha`` and the sparse
+        one by ``1 − alpha``, so the score is ``alpha·cos + (1 − alpha)·bm25``
+        (https://docs.pinecone.io/guides/search/hybrid-search). Keyword mode is alpha 0. A cosine
+        index cannot take a sparse query: it answers as vector, and says so."""
+        if q.k <= 0:
+            return SinkAnswer([], q.mode)
+        index = self._data()
+        if self._metric is None:
+            model = self._describe() if not self.cfg.index_host else None
+            self._metric = getattr(model, "metric", None) or "cosine"
+        mode, warnings = q.mode, []
+        alpha = {"vector": 1.0, "keyword": 0.0}.get(mode, q.alpha)
+        sparse = None
+        if mode != "vector":
+            if not self.hybrid:
+                warnings.append(f"pinecone index {self.cfg.index!r} uses the {self._metric} metric and "
+                                f"holds no sparse vectors, so this {mode} query ran as vector; "
+                                "reindex into a dotproduct index for hybrid search")
+                mode, alpha = "vector", 1.0
+            else:
+                sparse = encode_query(q.text, 1.0 - alpha) if alpha < 1.0 else None
+                if sparse is None and mode == "keyword":
+                    return SinkAnswer([], mode, ["the query has no keyword terms"])
+        dense = np.asarray(q.vector, dtype=np.float32) * np.float32(alpha) if q.vector is not None \
+            else np.zeros(self._dims or 0, dtype=np.float32)
+        values = dense.tolist()  # the SDK refuses ndarrays here
+        flt = pinecone_filter(q.where)
         response = self._call(f"query {self.target}", lambda: index.query(
-            top_k=min(k, MAX_TOP_K), vector=values, namespace=self.cfg.namespace, filter=flt,
-            include_metadata=True, timeout=self._timeout_s))
-        return [hit_from_metadata(m.id, m.score, from_wire(m.metadata)) for m in response.matches]
+            top_k=min(q.k, MAX_TOP_K), vector=values, sparse_vector=sparse,
+            namespace=self.cfg.namespace, filter=flt, include_metadata=True,
+            timeout=self._timeout_s))
+        hits = [hit_from_metadata(m.id, m.score, from_wire(m.metadata, self._integers))
+                for m in response.matches]
+        return SinkAnswer(hits, mode, warnings)
 
     def info(self) -> SinkInfo:
         """One attempt, no retries: this is a probe for ``check`` and /readyz."""
@@ -322,9 +388,12 @@ class PineconeSink(VendorSink):
         namespaces = stats.namespaces or {}
         keys = (self.cfg.namespace,) if self.cfg.namespace else ("", "__default__")
         summary = next((namespaces[k] for k in keys if k in namespaces), None)
-        return SinkInfo(self.name, True, target, stats.dimension,
-                        getattr(stats, "metric", None) or self._metric,
-                        summary.vector_count if summary is not None else 0)
+        metric = getattr(stats, "metric", None) or self._metric
+        warnings = () if metric in (None, "dotproduct") else (
+            f"the index uses the {metric} metric and holds no sparse vectors: hybrid and keyword "
+            "queries answer as vector; reindex into a dotproduct index for hybrid search",)
+        return SinkInfo(self.name, True, target, stats.dimension, metric,
+                        summary.vector_count if summary is not None else 0, warnings=warnings)
 
     def close(self) -> None:
         self._close_pool()

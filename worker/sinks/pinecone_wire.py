@@ -14,7 +14,9 @@ from urllib.parse import quote
 import numpy as np
 
 from worker.errors import ConfigError, FatalError, SinkUnavailable, WorkerError
+from worker.filters import pinecone_filter as render_filter
 from worker.records import QueryFilter, VectorRecord
+from worker.sparse import encode_document
 from worker.sinks.vendor import parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -102,12 +104,18 @@ def _sdk_version() -> str:
         return "?"
 
 
-def wire_record(record: VectorRecord) -> dict[str, Any]:
-    """The record as the SDK puts it on the wire: float32 values as Python floats, no nulls."""
+def wire_record(record: VectorRecord, *, sparse: bool = False) -> dict[str, Any]:
+    """The record as the SDK puts it on the wire: float32 values as Python floats, no nulls;
+    with ``sparse`` (a dotproduct index) the chunk text's BM25-style sparse vector too."""
     metadata = {k: list(v) if isinstance(v, tuple) else v
                 for k, v in record.metadata.items() if v is not None}
-    return {"id": record.id, "values": np.asarray(record.vector, dtype=np.float32).tolist(),
-            "metadata": metadata}
+    item: dict[str, Any] = {"id": record.id, "values": np.asarray(record.vector, dtype=np.float32).tolist(),
+                            "metadata": metadata}
+    if sparse:
+        values = encode_document(str(record.metadata.get("text", "")))
+        if values is not None:
+            item["sparse_values"] = values
+    return item
 
 
 def plan_requests(sizes: Sequence[int], *, overhead: int, max_vectors: int,
@@ -129,26 +137,14 @@ def plan_requests(sizes: Sequence[int], *, overhead: int, max_vectors: int,
     return runs
 
 
-def pinecone_filter(where: QueryFilter) -> dict[str, Any]:
-    flt: dict[str, Any] = {}
-    for name in ("source", "collection", "doc_id"):
-        value = getattr(where, name)
-        if value:
-            flt[name] = {"$eq": value}
-    published: dict[str, float] = {}
-    if where.published_after is not None:
-        published["$gte"] = float(where.published_after)
-    if where.published_before is not None:
-        published["$lt"] = float(where.published_before)
-    if published:
-        flt["published_at"] = published
-    return flt
+def pinecone_filter(where: QueryFilter) -> dict[str, Any] | None:
+    return render_filter(where.conditions())
 
 
-def from_wire(metadata: dict[str, Any] | None) -> dict[str, Any]:
+def from_wire(metadata: dict[str, Any] | None, integers: Sequence[str] = ()) -> dict[str, Any]:
     """Pinecone stores every number as float64: give the integer fields back as ints."""
     out = dict(metadata or {})
-    for name in ("chunk_index", "chunk_count"):
+    for name in ("chunk_index", "chunk_count", *integers):
         value = out.get(name)
         if isinstance(value, float) and value.is_integer():
             out[name] = int(value)

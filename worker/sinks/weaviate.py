@@ -55,7 +55,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -67,7 +68,8 @@ from pydantic import Field, SecretStr
 from worker.configbase import RetryConfig, Strict
 from worker.errors import ConfigError, SinkMismatch, SinkUnavailable, WorkerError
 from worker.ids import chunk_id, chunk_uuid
-from worker.records import QueryFilter, QueryHit, StoredDocument, VectorRecord
+from worker.fields import FieldSpec
+from worker.records import QueryFilter, QueryHit, SinkAnswer, SinkQuery, StoredDocument, VectorRecord
 from worker.sinks.base import (OnRetry, SinkInfo, SinkKind, UpsertOutcome, hit_from_metadata,
                                stored_from_metadata)
 from worker.sinks.vendor import VendorSink, parse_retry_after
@@ -94,6 +96,8 @@ class WeaviateSinkConfig(Strict):
 
 class WeaviateSink(VendorSink):
     name = "weaviate"
+    fields: Mapping[str, FieldSpec] = MappingProxyType({})
+    _integers: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, cfg: WeaviateSinkConfig, retry: RetryConfig, *,
@@ -221,7 +225,7 @@ class WeaviateSink(VendorSink):
             try:
                 client.collections.create(
                     self._collection_name, description="ai-memory-worker chunks",
-                    properties=schema_properties(),
+                    properties=schema_properties(self.fields),
                     vector_config=Configure.Vectors.self_provided(
                         name=VECTOR_NAME, vector_index_config=Configure.VectorIndex.hnsw(
                             distance_metric=VectorDistances.COSINE)))
@@ -233,7 +237,7 @@ class WeaviateSink(VendorSink):
 
     def _check_config(self, config: Any) -> list[Any]:
         """Raise SinkMismatch if the collection does not fit; return our missing properties."""
-        self._vector_name, missing = check_collection(config, self.target)
+        self._vector_name, missing = check_collection(config, self.target, self.fields)
         return missing
 
     def _stored_dimension(self, *, policy: RetryConfig | None = None) -> int | None:
@@ -308,7 +312,7 @@ class WeaviateSink(VendorSink):
         from weaviate.exceptions import WeaviateInsertManyAllFailedError
 
         name = self._vector_name
-        objects = [DataObject(properties=wire_properties(r.metadata), uuid=r.uuid,
+        objects = [DataObject(properties=wire_properties(r.metadata, self.fields), uuid=r.uuid,
                               vector={name: r.vector.tolist()} if name else r.vector.tolist())
                    for r in records]
         try:
@@ -367,7 +371,7 @@ class WeaviateSink(VendorSink):
         for objects in self._parallel(fetch, batches):
             for obj in objects:
                 doc_id = owner.get(str(obj.uuid))
-                props = stored_properties(obj.properties)
+                props = stored_properties(obj.properties, self._integers)
                 try:
                     if doc_id is not None and props.get("doc_id") == doc_id:
                         found[doc_id] = stored_from_metadata(props)
@@ -376,23 +380,74 @@ class WeaviateSink(VendorSink):
                                 extra={"uuid": str(obj.uuid), "target": self.target})
         return found
 
-    def query(self, vector: np.ndarray, k: int, where: QueryFilter) -> list[QueryHit]:
-        from weaviate.classes.query import MetadataQuery
+    def declare_fields(self, fields: Mapping[str, FieldSpec]) -> None:
+        """The bindings' typed metadata fields: one filterable property each (added by ensure)."""
+        self.fields = MappingProxyType(dict(fields))
+        self._integers = tuple(n for n, f in fields.items() if f.type == "integer")
 
-        if k <= 0:
-            return []
-        values = np.asarray(vector, dtype=np.float32).tolist()
-        flt = weaviate_filter(where)
-        result = self._call("query", lambda coll: coll.query.near_vector(
-            near_vector=values, limit=min(k, MAX_QUERY_RESULTS), filters=flt,
-            target_vector=self._vector_name, return_metadata=MetadataQuery(distance=True),
-            return_properties=list(ALL_PROPERTIES)))
+    def _returned(self) -> list[str]:
+        return [*ALL_PROPERTIES, *sorted(self.fields)]
+
+    def _hits(self, objects: Any, score: Any) -> list[QueryHit]:  # noqa: ANN401
         hits = []
-        for obj in result.objects:
-            props = stored_properties(obj.properties)
+        for obj in objects:
+            props = stored_properties(obj.properties, self._integers)
             record_id = chunk_id(str(props.get("doc_id", "")), int(props.get("chunk_index", 0)))
-            hits.append(hit_from_metadata(record_id, 1.0 - float(obj.metadata.distance), props))
+            hits.append(hit_from_metadata(record_id, score(obj.metadata), props))
         return hits
+
+    def fetch_chunks(self, ids: Sequence[str]) -> dict[str, QueryHit]:
+        """By uuid (UUIDv5 of the chunk id): exact, no tokenization involved."""
+        from weaviate.classes.query import Filter
+
+        wanted = {chunk_uuid(i): i for i in ids}
+        uuids = list(wanted)
+        batches = [uuids[i:i + FETCH_BATCH_IDS] for i in range(0, len(uuids), FETCH_BATCH_IDS)]
+
+        def fetch(batch: list[str]) -> list[Any]:
+            result = self._call(f"fetch {len(batch)} chunks", lambda coll: coll.query.fetch_objects(
+                filters=Filter.by_id().contains_any(batch), limit=len(batch),
+                return_properties=self._returned()))
+            return list(result.objects)
+
+        found: dict[str, QueryHit] = {}
+        for objects in self._parallel(fetch, batches):
+            for hit in self._hits(objects, lambda _m: 0.0):
+                if hit.id in ids:
+                    found[hit.id] = hit
+        return found
+
+    def query(self, vector: np.ndarray, k: int, where: QueryFilter) -> list[QueryHit]:
+        return self.search(SinkQuery(k=k, where=where, vector=vector)).hits
+
+    def search(self, q: SinkQuery) -> SinkAnswer:
+        """Weaviate's own mechanisms: ``near_vector`` (cosine), ``bm25`` on the ``text``
+        property, and ``hybrid`` with an explicit ``alpha`` and relative-score fusion (the
+        server default since 1.24, set explicitly; docs: concepts/search/hybrid-search)."""
+        from weaviate.classes.query import HybridFusion, MetadataQuery
+
+        if q.k <= 0:
+            return SinkAnswer([], q.mode)
+        limit = min(q.k, MAX_QUERY_RESULTS)
+        flt = weaviate_filter(q.where)
+        returned = self._returned()
+        if q.mode == "vector":
+            values = np.asarray(q.vector, dtype=np.float32).tolist()
+            result = self._call("query", lambda coll: coll.query.near_vector(
+                near_vector=values, limit=limit, filters=flt, target_vector=self._vector_name,
+                return_metadata=MetadataQuery(distance=True), return_properties=returned))
+            return SinkAnswer(self._hits(result.objects, lambda m: 1.0 - float(m.distance)), "vector")
+        if q.mode == "keyword":
+            result = self._call("keyword query", lambda coll: coll.query.bm25(
+                query=q.text, query_properties=["text"], limit=limit, filters=flt,
+                return_metadata=MetadataQuery(score=True), return_properties=returned))
+            return SinkAnswer(self._hits(result.objects, lambda m: float(m.score or 0.0)), "keyword")
+        values = np.asarray(q.vector, dtype=np.float32).tolist()
+        result = self._call("hybrid query", lambda coll: coll.query.hybrid(
+            query=q.text, vector=values, alpha=float(q.alpha), target_vector=self._vector_name,
+            fusion_type=HybridFusion.RELATIVE_SCORE, query_properties=["text"], limit=limit,
+            filters=flt, return_metadata=MetadataQuery(score=True), return_properties=returned))
+        return SinkAnswer(self._hits(result.objects, lambda m: float(m.score or 0.0)), "hybrid")
 
     def info(self) -> SinkInfo:
         """One attempt per call, no retries: this is a probe for ``check`` and /readyz."""

@@ -6,11 +6,15 @@ classes, the log filter, the schema and filters. Pure helpers for :mod:`worker.s
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import grpc
 
 from worker.errors import ConfigError, FatalError, SinkMismatch, SinkUnavailable, WorkerError
+from worker.fields import FieldSpec
+from worker.filters import weaviate_filter as render_filter
 from worker.records import QueryFilter
 
 log = logging.getLogger(__name__)
@@ -19,7 +23,7 @@ VECTOR_NAME = "default"
 #: Text properties compared whole (Equal filters, deletes): ``field`` tokenization.
 ID_PROPERTIES = ("doc_id", "source", "collection", "content_hash", "text_hash", "meta_hash",
                  "version", "url")
-TEXT_PROPERTIES = ("title", "text", "extra")
+TEXT_PROPERTIES = ("title", "text")
 INT_PROPERTIES = ("chunk_index", "chunk_count")
 ALL_PROPERTIES = (*ID_PROPERTIES, *TEXT_PROPERTIES, *INT_PROPERTIES, "published_at")
 MAX_QUERY_RESULTS = 10_000  # the server's QUERY_MAXIMUM_RESULTS default
@@ -161,10 +165,10 @@ class ObjectsFailing(SinkUnavailable):
     """Some objects of a slice failed with errors worth retrying (inside :meth:`upsert`)."""
 
 
-def stored_properties(props: dict[str, Any]) -> dict[str, Any]:
+def stored_properties(props: dict[str, Any], integers: tuple[str, ...] = ()) -> dict[str, Any]:
     """Properties as the worker wrote them: ints may come back as floats, numbers as ints."""
-    out = dict(props)
-    for name in INT_PROPERTIES:
+    out = {k: v for k, v in props.items() if v is not None}
+    for name in (*INT_PROPERTIES, *integers):
         value = out.get(name)
         if isinstance(value, float) and value.is_integer():
             out[name] = int(value)
@@ -173,44 +177,52 @@ def stored_properties(props: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def wire_properties(meta: dict[str, Any]) -> dict[str, Any]:
+def wire_properties(meta: dict[str, Any], fields: Mapping[str, FieldSpec] = MappingProxyType({})) -> dict[str, Any]:
     out: dict[str, Any] = {n: str(meta.get(n, "")) for n in (*ID_PROPERTIES, *TEXT_PROPERTIES)}
     for name in INT_PROPERTIES:
         out[name] = int(meta[name])
     out["published_at"] = float(meta["published_at"])
+    for name, spec in fields.items():
+        value = meta.get(name)
+        if value is None:
+            continue
+        out[name] = float(value) if spec.type in ("number", "time") else value
     return out
 
 
 def weaviate_filter(where: QueryFilter) -> Any:
-    from weaviate.classes.query import Filter
-
-    parts = [Filter.by_property(n).equal(getattr(where, n))
-             for n in ("source", "collection", "doc_id") if getattr(where, n)]
-    if where.published_after is not None:
-        parts.append(Filter.by_property("published_at").greater_or_equal(float(where.published_after)))
-    if where.published_before is not None:
-        parts.append(Filter.by_property("published_at").less_than(float(where.published_before)))
-    if not parts:
-        return None
-    return parts[0] if len(parts) == 1 else Filter.all_of(parts)
+    return render_filter(where.conditions())
 
 
-def schema_properties() -> list[Any]:
+def field_property(spec: FieldSpec) -> Any:
+    """A typed metadata field as a filterable property (strings compared whole: field
+    tokenization, not searchable: the keyword leg searches the chunk text)."""
+    from weaviate.classes.config import DataType, Property, Tokenization
+
+    kind = {"string": DataType.TEXT, "string[]": DataType.TEXT_ARRAY, "number": DataType.NUMBER,
+            "integer": DataType.INT, "boolean": DataType.BOOL, "time": DataType.NUMBER}[spec.type]
+    if spec.type in ("string", "string[]"):
+        return Property(name=spec.name, data_type=kind, tokenization=Tokenization.FIELD,
+                        index_searchable=False)
+    return Property(name=spec.name, data_type=kind, index_range_filters=spec.type != "boolean")
+
+
+def schema_properties(fields: Mapping[str, FieldSpec] = MappingProxyType({})) -> list[Any]:
     from weaviate.classes.config import DataType, Property, Tokenization
 
     props = [Property(name=n, data_type=DataType.TEXT, tokenization=Tokenization.FIELD,
                       index_searchable=False) for n in ID_PROPERTIES]
     props += [Property(name="title", data_type=DataType.TEXT, index_filterable=False),
-              Property(name="text", data_type=DataType.TEXT, index_filterable=False),
-              Property(name="extra", data_type=DataType.TEXT, index_filterable=False,
-                       index_searchable=False)]
+              Property(name="text", data_type=DataType.TEXT, index_filterable=False)]
     props += [Property(name=n, data_type=DataType.INT, index_range_filters=True)
               for n in INT_PROPERTIES]
     props.append(Property(name="published_at", data_type=DataType.NUMBER, index_range_filters=True))
+    props += [field_property(spec) for _, spec in sorted(fields.items())]
     return props
 
 
-def check_collection(config: Any, target: str) -> tuple[str | None, list[Any]]:
+def check_collection(config: Any, target: str,
+                     fields: Mapping[str, FieldSpec] = MappingProxyType({})) -> tuple[str | None, list[Any]]:
     """``(vector name, our missing properties)``; SinkMismatch if the collection does not fit."""
     from weaviate.classes.config import Tokenization, VectorDistances
 
@@ -231,7 +243,7 @@ def check_collection(config: Any, target: str) -> tuple[str | None, list[Any]]:
                            "the worker needs cosine; point sinks.weaviate.collection elsewhere")
     have = {p.name: p for p in config.properties}
     problems, missing = [], []
-    for prop in schema_properties():
+    for prop in schema_properties(fields):
         held = have.get(prop.name)
         if held is None:
             missing.append(prop)
