@@ -304,6 +304,130 @@ def test_update_merges_metadata_and_replaces_values(emu, idx):
     assert preview.matched_records == 1 and emu.vectors("docs")["a"][1]["ver"] == 2.0
 
 
+# --------------------------------------------------------------------------- hybrid (sparse-dense)
+
+
+SPARSE_RECORDS = {
+    # id: (dense, sparse or None)
+    "a": ([1.0, 0.0, 0.0, 0.0], {"indices": [1, 7, 300], "values": [0.5, 2.0, 1.0]}),
+    "b": ([0.0, 1.0, 0.0, 0.0], {"indices": [7], "values": [0.25]}),
+    "c": ([0.5, 0.5, 0.5, 0.0], None),  # dense only: its sparse part scores 0
+    "d": ([0.0, 0.0, 0.0, 1.0], {"indices": [4_294_967_295], "values": [3.0]}),  # the largest uint32
+}
+
+
+def sparse_dot(query: dict, record: dict | None) -> float:
+    if record is None:
+        return 0.0
+    weights = dict(zip(record["indices"], record["values"]))
+    return sum(v * weights.get(i, 0.0) for i, v in zip(query["indices"], query["values"]))
+
+
+def test_hybrid_query_scores_dense_dot_plus_sparse_dot(emu, pc):
+    model = pc.create_index("hybrid", dimension=4, metric="dotproduct", spec=ServerlessSpec(cloud="aws", region="us-east-1"))
+    assert pc.describe_index("hybrid").metric == "dotproduct"
+    index = pc.Index(host=model.host)
+    index.upsert(vectors=[
+        {"id": vid, "values": dense, **({"sparse_values": sparse} if sparse else {}), "metadata": {"kind": vid}}
+        for vid, (dense, sparse) in SPARSE_RECORDS.items()
+    ])
+    assert emu.requests_for("upsert")[0].body["vectors"][0]["sparseValues"] == SPARSE_RECORDS["a"][1]
+
+    dense_q = [0.2, 0.4, 0.1, 0.3]
+    sparse_q = {"indices": [7, 300, 4_294_967_295, 9], "values": [1.0, 0.5, 0.1, 4.0]}
+    want = {vid: float(np.dot(dense_q, dense)) + sparse_dot(sparse_q, sparse) for vid, (dense, sparse) in SPARSE_RECORDS.items()}
+    res = index.query(vector=dense_q, sparse_vector=sparse_q, top_k=4, include_values=True)
+    assert [m.id for m in res.matches] == sorted(want, key=lambda v: -want[v])
+    assert {m.id: m.score for m in res.matches} == {v: pytest.approx(s, rel=1e-12) for v, s in want.items()}
+    by_id = {m.id: m for m in res.matches}
+    assert by_id["a"].sparse_values.indices == [1, 7, 300] and by_id["c"].sparse_values is None
+    dense_only = index.query(vector=dense_q, top_k=4)  # the same index, dense part alone
+    assert {m.id: m.score for m in dense_only.matches} == {
+        v: pytest.approx(float(np.dot(dense_q, d)), rel=1e-12) for v, (d, _) in SPARSE_RECORDS.items()
+    }
+
+    fetched = index.fetch(ids=["a", "c"])
+    assert fetched.vectors["a"].sparse_values.indices == [1, 7, 300]
+    assert fetched.vectors["a"].sparse_values.values == [0.5, 2.0, 1.0]
+    assert fetched.vectors["c"].sparse_values is None
+    filtered = index.query(vector=dense_q, sparse_vector=sparse_q, top_k=4, filter={"kind": {"$in": ["b", "c"]}})
+    assert [m.id for m in filtered.matches] == sorted(["b", "c"], key=lambda v: -want[v])
+
+    keyword_only = index.query(vector=[0.0] * 4, sparse_vector=sparse_q, top_k=4)  # alpha 0: dense part zeroed
+    assert {m.id: m.score for m in keyword_only.matches} == {
+        v: pytest.approx(sparse_dot(sparse_q, sp), abs=1e-12) for v, (_, sp) in SPARSE_RECORDS.items()
+    }
+    with pytest.raises(ApiError):
+        index.query(vector=[0.0] * 4, top_k=1)  # without a sparse part, a zero vector is refused
+
+    index.update(id="c", sparse_values={"indices": [9], "values": [1.0]})
+    assert index.query(vector=dense_q, sparse_vector=sparse_q, top_k=1).matches[0].id == "c"  # 4.0 from index 9
+
+
+def test_sparse_queries_need_a_dotproduct_index_and_a_dense_part(emu, pc, idx):
+    sparse = {"indices": [3], "values": [1.0]}
+    idx.upsert(vectors=[{"id": "a", "values": unit(30)[0].tolist(), "sparse_values": sparse}])  # stored on cosine
+    assert idx.fetch(ids=["a"]).vectors["a"].sparse_values.indices == [3]
+    with pytest.raises(ApiError) as refused:
+        idx.query(vector=unit(31)[0].tolist(), sparse_vector=sparse, top_k=1)
+    assert refused.value.status_code == 400 and refused.value.body["code"] == 3
+    assert refused.value.body["message"].startswith("Index configuration does not support sparse values")
+
+    hybrid = pc.Index(host=emu.create_index("hybrid", DIM, "dotproduct"))
+    hybrid.upsert(vectors=[{"id": "a", "values": unit(30)[0].tolist(), "sparse_values": sparse}])
+    with pytest.raises(ApiError) as sparse_only:
+        hybrid.query(sparse_vector=sparse, top_k=1)  # the SDK lets it through; a dense index does not
+    assert sparse_only.value.status_code == 400
+
+
+def test_sparse_values_are_validated_before_anything_is_stored(emu, pc):
+    index = pc.Index(host=emu.create_index("hybrid", DIM, "dotproduct"))
+    dense = unit(32)[0].tolist()
+    bad = {
+        "empty": {"indices": [], "values": []},
+        "duplicate index": {"indices": [4, 4], "values": [1.0, 2.0]},
+        "index beyond uint32": {"indices": [2**32], "values": [1.0]},
+        "negative index": {"indices": [-1], "values": [1.0]},
+        "over 1000 non-zero values": {"indices": list(range(1_001)), "values": [0.5] * 1_001},
+    }
+    for reason, sparse in bad.items():
+        with pytest.raises(ApiError) as rejected:
+            index.upsert(vectors=[{"id": "ok", "values": dense}, {"id": "bad", "values": dense, "sparse_values": sparse}])
+        assert rejected.value.status_code == 400, reason
+    assert emu.vectors("hybrid") == {}
+    with pytest.raises(ApiError, match="at least one value"):
+        index.query(vector=dense, sparse_vector={"indices": [], "values": []}, top_k=1)
+
+    index.upsert(vectors=[{"id": "max", "values": dense, "sparse_values": {"indices": list(range(1_000)), "values": [0.5] * 1_000}}])
+    assert len(index.fetch(ids=["max"]).vectors["max"].sparse_values.indices) == 1_000
+
+
+def test_list_metadata_and_numeric_ranges_filter_as_pinecone_does(emu, pc):
+    index = pc.Index(host=emu.create_index("meta", DIM, "dotproduct"))
+    records = {
+        "r1": {"tags": ["gong", "call"], "published_at": 1_700_000_000, "lang": "en"},
+        "r2": {"tags": ["slack"], "published_at": 1_700_000_500, "lang": "de"},
+        "r3": {"tags": ["gong"], "published_at": 1_700_001_000, "lang": "en", "published": "1700000000"},
+    }
+    index.upsert(vectors=[(vid, unit(40 + i)[0], md) for i, (vid, md) in enumerate(records.items())])
+
+    def ids_for(flt: dict) -> set[str]:
+        return {m.id for m in index.query(vector=unit(50)[0].tolist(), top_k=10, filter=flt).matches}
+
+    assert ids_for({"tags": {"$eq": "gong"}}) == {"r1", "r3"}  # a list matches if any element does
+    assert ids_for({"tags": {"$in": ["call", "slack"]}}) == {"r1", "r2"}
+    assert ids_for({"published_at": {"$gte": 1_700_000_500, "$lt": 1_700_001_000}}) == {"r2"}
+    assert ids_for({"published_at": {"$gt": 1_700_000_000}}) == {"r2", "r3"}
+    assert ids_for({"published_at": {"$lte": 1_700_000_000}}) == {"r1"}
+    assert ids_for({"$and": [{"tags": "gong"}, {"lang": "en"}, {"published_at": {"$gt": 1_700_000_000}}]}) == {"r3"}
+    assert ids_for({"$or": [{"lang": "de"}, {"published_at": {"$lte": 1_700_000_000}}]}) == {"r1", "r2"}
+    assert ids_for({"published": {"$gte": 0}}) == set()  # a string never satisfies a numeric range
+    with pytest.raises(ApiError) as refused:
+        ids_for({"lang": {"$gt": "de"}})  # range operators take numbers only
+    assert refused.value.status_code == 400
+    assert refused.value.body["message"] == "the $gt operator must be followed by a number, got string instead"
+
+
 # --------------------------------------------------------------------------- limits
 
 

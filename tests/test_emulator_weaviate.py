@@ -4,22 +4,26 @@ These tests pin what the worker's Weaviate sink relies on: the client accepts th
 schema and gRPC replies, filters follow Weaviate's tokenization (``word`` over-matches id-like
 values; ``field`` does not), ``delete_many`` stops at 10,000 matches per call, per-object batch
 errors come back in the result instead of raising, one ``UNAVAILABLE`` is retried by the client,
-and an outage makes calls fail.
+and an outage makes calls fail. BM25 and hybrid scores are checked against the server's formulas
+computed by hand here (usecases/traverser/hybrid, adapters/repos/db/inverted/bm25_searcher*.go).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 from typing import Any, Iterator
 
 import numpy as np
 import pytest
 import weaviate
-from weaviate.classes.config import Configure, DataType, Property, Tokenization, VectorDistances, Vectorizers
+from weaviate.classes.config import (
+    Configure, DataType, Property, StopwordsPreset, Tokenization, VectorDistances, Vectorizers,
+)
 from weaviate.classes.data import DataObject
 from weaviate.classes.init import AdditionalConfig, Auth, Timeout
-from weaviate.classes.query import Filter, MetadataQuery
+from weaviate.classes.query import Filter, HybridFusion, MetadataQuery
 from weaviate.exceptions import (
     UnexpectedStatusCodeError,
     WeaviateDeleteManyError,
@@ -242,6 +246,56 @@ def test_filters_match_a_python_reference(client: weaviate.WeaviateClient) -> No
         assert got == want, where
 
 
+def test_typed_metadata_filters_match_a_python_reference(client: weaviate.WeaviateClient) -> None:
+    coll = create_docs(client)
+    count = 30
+    insert_docs(coll, count)
+    props = {generate_uuid5(f"doc-{i}"): doc(i, np.zeros(DIM)).properties for i in range(count)}
+    since = T0 + dt.timedelta(days=10)
+    cases = [
+        (Filter.by_property("tags").equal("t1"), lambda p: "t1" in p["tags"]),
+        (Filter.by_property("tags").contains_any(["t1", "t4"]) & Filter.by_property("flag").equal(True),
+         lambda p: bool({"t1", "t4"} & set(p["tags"])) and p["flag"]),
+        (Filter.by_property("tags").contains_all(["all", "t2"]), lambda p: "t2" in p["tags"]),
+        (Filter.by_property("doc_id").equal("doc-1"), lambda p: p["doc_id"] == "doc-1"),  # field: not doc-10..19
+        (Filter.by_property("doc_id").contains_any(["doc-1", "doc-22", "nope"]), lambda p: p["doc_id"] in ("doc-1", "doc-22")),
+        (Filter.by_property("n").greater_or_equal(5) & Filter.by_property("n").less_than(9), lambda p: 5 <= p["n"] < 9),
+        (Filter.by_property("score").greater_than(40.0) | Filter.by_property("score").less_or_equal(1.5),
+         lambda p: p["score"] > 40.0 or p["score"] <= 1.5),
+        (Filter.by_property("at").greater_or_equal(since) & Filter.by_property("at").less_than(since + dt.timedelta(days=3)),
+         lambda p: since <= p["at"] < since + dt.timedelta(days=3)),
+        (Filter.any_of([Filter.by_property("flag").equal(False), Filter.by_property("doc_id").equal("doc-4")]),
+         lambda p: not p["flag"] or p["doc_id"] == "doc-4"),
+    ]
+    for where, reference in cases:
+        got = ids(coll.query.fetch_objects(filters=where, limit=100).objects)
+        want = {u for u, p in props.items() if reference(p)}
+        assert got == want, where
+        assert want, where  # every case selects something
+
+
+def test_filter_values_are_typed_the_way_the_server_types_them(client: weaviate.WeaviateClient) -> None:
+    coll = create_docs(client)
+    insert_docs(coll, 6)
+
+    def selected(where: Any) -> list[int]:
+        return sorted(o.properties["n"] for o in coll.query.fetch_objects(filters=where, limit=100).objects)
+
+    assert selected(Filter.by_property("n").equal(3.0)) == [3]  # a whole float on an int property
+    assert selected(Filter.by_property("score").equal(3)) == [2]  # an int on a number property (2 * 1.5)
+    assert selected(Filter.by_property("title").contains_any(["the", "pear"])) == [2, 5]  # the stopword value is skipped
+    refused = {
+        "floating point number": Filter.by_property("n").equal(2.5),
+        "could not parse string": Filter.by_property("n").equal("three"),
+        "expected value to be string, got 'int'": Filter.by_property("title").equal(5),
+        "expected value to be bool, got string": Filter.by_property("flag").equal("yes"),
+        "only stopwords provided": Filter.by_property("title").equal("The"),
+    }
+    for message, where in refused.items():
+        with pytest.raises(WeaviateQueryError, match=message):
+            coll.query.fetch_objects(filters=where)
+
+
 def test_filters_need_the_index_the_server_needs(client: weaviate.WeaviateClient) -> None:
     coll = create_docs(client)
     insert_docs(coll, 3)
@@ -270,6 +324,275 @@ def test_near_vector_returns_the_exact_top_k(client: weaviate.WeaviateClient) ->
     filtered_want = [uuids[i] for i in np.argsort(masked)[:k]]
     assert [str(o.uuid) for o in res.objects] == filtered_want
     assert filtered_want != [uuids[i] for i in want]  # the filter changes the answer
+
+
+# --------------------------------------------------------------------------------------------
+# Keyword (BM25F) and hybrid search
+# --------------------------------------------------------------------------------------------
+
+K1, B = 1.2, 0.75  # the class defaults (invertedIndexConfig.bm25)
+FOXES = ["the quick brown fox", "quick quick fox jumps", "lazy dog sleeps", "brown dog and the fox"]
+FOX_TITLES = ["fox", "dog report", "lazy fox fox", "brown dog"]
+FOX_VECTORS = np.array(
+    [[1.0, 0.0, 0.0], [0.6, 0.8, 0.0], [0.0, 1.0, 0.0], [0.0, 0.6, 0.8]], dtype=np.float32
+)
+FOX_QUERY = np.array([0.9, 0.3, 0.1], dtype=np.float32)
+
+
+def idf(n: int, total: int) -> float:
+    return math.log(1 + (total - n + 0.5) / (n + 0.5))
+
+
+def saturation(tf: float, length: int, avg_length: float, k1: float = K1, b: float = B) -> float:
+    """Weaviate's BM25 term frequency part: ``tf / (tf + k1 * (1 - b + b * len / avg))`` (no k1 + 1)."""
+    return tf / (tf + k1 * (1 - b + b * length / avg_length))
+
+
+def create_foxes(client: weaviate.WeaviateClient, name: str = "Foxes", **kwargs: Any) -> tuple[Any, list[str]]:
+    coll = client.collections.create(
+        name,
+        properties=[
+            Property(name="text", data_type=DataType.TEXT),
+            Property(name="title", data_type=DataType.TEXT),
+            Property(name="source", data_type=DataType.TEXT, tokenization=Tokenization.FIELD),
+            Property(name="n", data_type=DataType.INT),
+        ],
+        vector_config=Configure.Vectors.self_provided(name="main"),
+        **kwargs,
+    )
+    uuids = [generate_uuid5(f"fox-{i}") for i in range(len(FOXES))]
+    result = coll.data.insert_many(
+        [
+            DataObject(
+                properties={"text": t, "title": FOX_TITLES[i], "source": f"s{i % 2}", "n": i},
+                uuid=uuids[i],
+                vector={"main": FOX_VECTORS[i].tolist()},
+            )
+            for i, t in enumerate(FOXES)
+        ]
+    )
+    assert not result.has_errors, result.errors
+    return coll, uuids
+
+
+def ranked(objects: Any) -> list[tuple[str, float]]:
+    return [(str(o.uuid), o.metadata.score) for o in objects]
+
+
+def fox_bm25_on_text() -> dict[int, float]:
+    """BM25 of "quick fox" on ``text``, by hand: N = 4, lengths 4, 4, 3, 5 (avg 4)."""
+    avg = (4 + 4 + 3 + 5) / 4
+    quick, fox = idf(2, 4), idf(3, 4)
+    return {
+        1: quick * saturation(2, 4, avg) + fox * saturation(1, 4, avg),
+        0: quick * saturation(1, 4, avg) + fox * saturation(1, 4, avg),
+        3: fox * saturation(1, 5, avg),
+    }
+
+
+def test_bm25_scores_are_weaviates_bm25(client: weaviate.WeaviateClient) -> None:
+    coll, uuids = create_foxes(client)
+    want = fox_bm25_on_text()
+
+    # "the" is an English stopword: dropped from the query, still counted in the lengths.
+    res = coll.query.bm25("The quick fox", query_properties=["text"], return_metadata=MetadataQuery(score=True))
+    assert [u for u, _ in ranked(res.objects)] == [uuids[1], uuids[0], uuids[3]]  # "lazy dog" matches nothing
+    assert [s for _, s in ranked(res.objects)] == pytest.approx([want[1], want[0], want[3]], rel=1e-6)
+
+    # The filter removes candidates, not documents from N and n: the scores stay the same.
+    res = coll.query.bm25(
+        "quick fox", query_properties=["text"], filters=Filter.by_property("source").equal("s1"),
+        return_metadata=MetadataQuery(score=True),
+    )
+    assert ranked(res.objects) == [(uuids[1], pytest.approx(want[1], rel=1e-6)), (uuids[3], pytest.approx(want[3], rel=1e-6))]
+    assert [str(o.uuid) for o in coll.query.bm25("quick fox", query_properties=["text"], limit=1).objects] == [uuids[1]]
+    assert coll.query.bm25("the and", query_properties=["text"]).objects == []  # only stopwords
+
+
+def test_bm25_reads_k1_b_and_stopwords_from_the_class(client: weaviate.WeaviateClient) -> None:
+    coll, uuids = create_foxes(
+        client, inverted_index_config=Configure.inverted_index(bm25_k1=2.0, bm25_b=0.5, stopwords_preset=StopwordsPreset.NONE)
+    )
+    avg = 4.0
+    # Without stopwords "the" is a term (in d0 and d3); repeated in the query, it counts twice.
+    res = coll.query.bm25("the the fox", query_properties=["text"], return_metadata=MetadataQuery(score=True))
+    the, fox = idf(2, 4), idf(3, 4)
+    d0 = 2 * the * saturation(1, 4, avg, 2.0, 0.5) + fox * saturation(1, 4, avg, 2.0, 0.5)
+    d3 = 2 * the * saturation(1, 5, avg, 2.0, 0.5) + fox * saturation(1, 5, avg, 2.0, 0.5)
+    d1 = fox * saturation(1, 4, avg, 2.0, 0.5)
+    assert ranked(res.objects) == [
+        (uuids[0], pytest.approx(d0, rel=1e-6)), (uuids[3], pytest.approx(d3, rel=1e-6)), (uuids[1], pytest.approx(d1, rel=1e-6))
+    ]
+
+
+def test_bm25_scores_each_property_on_its_own_and_sums(client: weaviate.WeaviateClient) -> None:
+    coll, uuids = create_foxes(client)
+    # BlockMax WAND (the default): per property its own average length (title: 1, 2, 3, 2 -> 2;
+    # text: 4), the term's n averaged over the properties holding it ((2 + 3) // 2 = 2), the
+    # boost as a factor, then the per-property scores summed.
+    fox = idf((2 + 3) // 2, 4)
+    want = {
+        0: 2 * fox * saturation(1, 1, 2.0) + fox * saturation(1, 4, 4.0),
+        2: 2 * fox * saturation(2, 3, 2.0),
+        1: fox * saturation(1, 4, 4.0),
+        3: fox * saturation(1, 5, 4.0),
+    }
+    res = coll.query.bm25("fox", query_properties=["title^2", "text"], return_metadata=MetadataQuery(score=True))
+    order = sorted(want, key=lambda i: -want[i])
+    assert ranked(res.objects) == [(uuids[i], pytest.approx(want[i], rel=1e-6)) for i in order]
+
+    # Without query_properties every searchable text property is searched, unboosted.
+    res = coll.query.bm25("fox", return_metadata=MetadataQuery(score=True))
+    assert dict(ranked(res.objects))[uuids[2]] == pytest.approx(fox * saturation(2, 3, 2.0), rel=1e-6)
+    with pytest.raises(WeaviateQueryError, match="requires inverted index"):
+        coll.query.bm25("fox", query_properties=["n"])
+    with pytest.raises(WeaviateQueryError, match="must have query set"):
+        coll.query.bm25("", query_properties=["text"])
+
+
+def test_bm25_legacy_wand_merges_properties_per_term(client: weaviate.WeaviateClient) -> None:
+    client.collections.create_from_dict({
+        "class": "Legacy",
+        "invertedIndexConfig": {"usingBlockMaxWAND": False},
+        "properties": [{"name": "title", "dataType": ["text"]}, {"name": "text", "dataType": ["text"]}],
+        "vectorizer": "none",
+    })
+    coll = client.collections.get("Legacy")
+    coll.data.insert_many([DataObject(properties={"title": FOX_TITLES[i], "text": t}, uuid=generate_uuid5(f"l{i}"))
+                           for i, t in enumerate(FOXES)])
+    # One term over both properties: frequencies and lengths (distinct tokens) added, n = the
+    # objects holding it anywhere (4), avg = mean of the properties' mean distinct counts.
+    avg = ((1 + 2 + 2 + 2) / 4 + (4 + 3 + 3 + 5) / 4) / 2
+    fox = idf(4, 4)
+    want = {0: fox * saturation(2, 1 + 4, avg), 2: fox * saturation(2, 2, avg), 1: fox * saturation(1, 3, avg),
+            3: fox * saturation(1, 5, avg)}
+    res = coll.query.bm25("fox", query_properties=["title", "text"], return_metadata=MetadataQuery(score=True))
+    got = {str(o.uuid): o.metadata.score for o in res.objects}
+    assert got == {generate_uuid5(f"l{i}"): pytest.approx(s, rel=1e-6) for i, s in want.items()}
+
+
+def test_bm25_auto_limit_cuts_at_the_first_score_jump(client: weaviate.WeaviateClient) -> None:
+    coll = client.collections.create(
+        "Jumps", properties=[Property(name="text", data_type=DataType.TEXT)], vector_config=Configure.Vectors.self_provided()
+    )
+    texts = ["zebra zebra zebra", "zebra zebra zebra", "zebra " + "grass " * 30, "zebra " + "grass " * 31]
+    coll.data.insert_many([DataObject(properties={"text": t}, uuid=generate_uuid5(t + str(i)), vector=[1.0, 0.0])
+                           for i, t in enumerate(texts)])
+    everything = coll.query.bm25("zebra", return_metadata=MetadataQuery(score=True)).objects
+    scores = [o.metadata.score for o in everything]
+    assert len(scores) == 4 and scores[1] > 2 * scores[2]  # two strong, two weak
+    cut = coll.query.bm25("zebra", auto_limit=1).objects
+    assert [str(o.uuid) for o in cut] == [str(o.uuid) for o in everything[:2]]
+
+
+def normalised(values: dict[int, float]) -> dict[int, float]:
+    high, low = max(values.values()), min(values.values())
+    return {k: (v - low) / (high - low) for k, v in values.items()}
+
+
+def fox_cosine() -> dict[int, float]:
+    unit = FOX_VECTORS / np.linalg.norm(FOX_VECTORS, axis=1, keepdims=True)
+    sims = unit @ (FOX_QUERY / np.linalg.norm(FOX_QUERY))
+    return {i: float(s) for i, s in enumerate(sims)}
+
+
+def test_hybrid_relative_score_fusion_weighs_min_max_normalised_legs(client: weaviate.WeaviateClient) -> None:
+    coll, uuids = create_foxes(client)
+    alpha = 0.4
+    vector, keyword = normalised(fox_cosine()), normalised(fox_bm25_on_text())
+    want = {i: alpha * vector[i] + (1 - alpha) * keyword.get(i, 0.0) for i in range(4)}  # d2: no keyword part
+
+    for fusion in (HybridFusion.RELATIVE_SCORE, None):  # relativeScore is the default
+        res = coll.query.hybrid(
+            "quick fox", vector=FOX_QUERY.tolist(), target_vector="main", alpha=alpha, fusion_type=fusion,
+            query_properties=["text"], return_metadata=MetadataQuery(score=True, explain_score=True),
+        )
+        order = sorted(want, key=lambda i: -want[i])
+        assert ranked(res.objects) == [(uuids[i], pytest.approx(want[i], abs=1e-6)) for i in order]
+        assert "keyword,bm25" in res.objects[0].metadata.explain_score
+
+
+def test_hybrid_ranked_fusion_sums_weighted_reciprocal_ranks(client: weaviate.WeaviateClient, emu: WeaviateEmulator) -> None:
+    coll, uuids = create_foxes(client)
+    alpha = 0.3
+    by_vector = sorted(fox_cosine().items(), key=lambda kv: -kv[1])
+    by_keyword = sorted(fox_bm25_on_text().items(), key=lambda kv: -kv[1])
+    want = {i: 0.0 for i in range(4)}
+    for rank, (i, _) in enumerate(by_vector):
+        want[i] += alpha / (rank + 60)  # rank from 0, as the server counts it
+    for rank, (i, _) in enumerate(by_keyword):
+        want[i] += (1 - alpha) / (rank + 60)
+
+    res = coll.query.hybrid(
+        "quick fox", vector=FOX_QUERY.tolist(), target_vector="main", alpha=alpha,
+        fusion_type=HybridFusion.RANKED, query_properties=["text"], return_metadata=MetadataQuery(score=True),
+    )
+    order = sorted(want, key=lambda i: -want[i])
+    assert ranked(res.objects) == [(uuids[i], pytest.approx(want[i], abs=1e-7)) for i in order]
+    sent = emu.calls("search")[-1].body["hybrid_search"]
+    assert sent["targets"] == {"target_vectors": ["main"]} and "vector_bytes" in sent  # how 4.24 sends it
+
+
+def test_hybrid_alpha_0_is_bm25_and_alpha_1_is_near_vector(client: weaviate.WeaviateClient) -> None:
+    coll, uuids = create_foxes(client)
+    bm25 = coll.query.bm25("quick fox", query_properties=["text"], return_metadata=MetadataQuery(score=True)).objects
+    keyword_only = coll.query.hybrid(
+        "quick fox", vector=FOX_QUERY.tolist(), target_vector="main", alpha=0, query_properties=["text"],
+        return_metadata=MetadataQuery(score=True),
+    ).objects
+    assert [o.uuid for o in keyword_only] == [o.uuid for o in bm25]  # d2 (no keyword) is absent
+    want = normalised({i: o.metadata.score for i, o in enumerate(bm25)})
+    assert [o.metadata.score for o in keyword_only] == pytest.approx([want[i] for i in range(len(bm25))], abs=1e-6)
+
+    near = coll.query.near_vector(FOX_QUERY.tolist(), target_vector="main", return_metadata=MetadataQuery(distance=True)).objects
+    vector_only = coll.query.hybrid(
+        "quick fox", vector=FOX_QUERY.tolist(), target_vector="main", alpha=1, return_metadata=MetadataQuery(score=True),
+    ).objects
+    assert [o.uuid for o in vector_only] == [o.uuid for o in near]
+    want = normalised({i: 1 - o.metadata.distance for i, o in enumerate(near)})
+    assert [o.metadata.score for o in vector_only] == pytest.approx([want[i] for i in range(len(near))], abs=1e-6)
+    no_query = coll.query.hybrid(None, vector=FOX_QUERY.tolist(), target_vector="main").objects  # the client sets alpha 1
+    assert [o.uuid for o in no_query] == [o.uuid for o in near]
+
+    with pytest.raises(WeaviateQueryError, match="without vectorizer"):
+        coll.query.hybrid("quick fox", target_vector="main", alpha=0.5)  # vectorizer none: nothing embeds the query
+
+
+def test_hybrid_filters_both_legs_and_max_vector_distance_cuts_the_keyword_leg(client: weaviate.WeaviateClient) -> None:
+    coll, uuids = create_foxes(client)
+    common = dict(vector=FOX_QUERY.tolist(), target_vector="main", alpha=0.5, query_properties=["text"])
+    filtered = coll.query.hybrid("quick fox", filters=Filter.by_property("source").equal("s1"), **common).objects
+    assert {str(o.uuid) for o in filtered} == {uuids[1], uuids[3]}  # d0 leads both legs unfiltered
+
+    distance = {i: 1 - s for i, s in fox_cosine().items()}
+    cutoff = (distance[0] + distance[1]) / 2  # only d0 is that close
+    assert sorted(distance, key=distance.get)[0] == 0 and distance[1] > cutoff
+    cut = coll.query.hybrid("quick fox", max_vector_distance=cutoff, return_metadata=MetadataQuery(score=True), **common)
+    # d1 and d3 match the keywords but are beyond the distance: dropped from the keyword leg too.
+    assert ranked(cut.objects) == [(uuids[0], pytest.approx(1.0))]
+
+
+def test_hybrid_fetches_100_candidates_per_leg(client: weaviate.WeaviateClient) -> None:
+    coll = client.collections.create(
+        "Many", properties=[Property(name="text", data_type=DataType.TEXT)], vector_config=Configure.Vectors.self_provided()
+    )
+    count = 130
+    vectors = np.random.default_rng(11).standard_normal((count, DIM)).astype(np.float32)
+    query = np.random.default_rng(12).standard_normal(DIM).astype(np.float32)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    sims = unit @ (query / np.linalg.norm(query))
+    by_vector = list(np.argsort(-sims))
+    needle = int(by_vector[40])  # the only keyword match, 41st by vector
+    texts = ["needle in hay" if i == needle else "only hay" for i in range(count)]
+    uuids = [generate_uuid5(f"many-{i}") for i in range(count)]
+    coll.data.insert_many([DataObject(properties={"text": texts[i]}, uuid=uuids[i], vector=vectors[i].tolist()) for i in range(count)])
+
+    res = coll.query.hybrid("needle", vector=query.tolist(), alpha=0.5, limit=3, return_metadata=MetadataQuery(score=True))
+    top100 = sims[by_vector[:100]]  # the vector leg's candidates: the minimum is the 100th, not the 130th
+    vector_part = 0.5 * (sims[needle] - top100.min()) / (top100.max() - top100.min())
+    scores = dict(ranked(res.objects))
+    assert scores[uuids[needle]] == pytest.approx(0.5 + vector_part, abs=1e-5)  # keyword leg: one result, full weight
+    assert scores[uuids[by_vector[0]]] == pytest.approx(0.5, abs=1e-6)
 
 
 # --------------------------------------------------------------------------------------------

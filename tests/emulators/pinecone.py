@@ -8,6 +8,12 @@ Contract
 * Vectors are stored for real. ``query`` is exact brute force (numpy, float64) under the
   index metric -- cosine and dotproduct best-first by descending score, euclidean by
   ascending *squared* L2 distance -- with ties broken by id, after the metadata filter.
+* Sparse-dense (hybrid) records: ``sparseValues`` are validated and stored on any metric
+  and come back from fetch (and from query with ``includeValues``); a query carrying a
+  ``sparseVector`` is served on a ``dotproduct`` index only (score = dense dot + sparse dot)
+  and is a 400 elsewhere, as the known-limitations page says; its dense part may be all
+  zeros (how an alpha-0, keyword-only query is written). Sparse-only indexes
+  (``vector_type="sparse"``) and 2026-07 document indexes are not modelled.
 * Limits are enforced the way the service enforces them (see the ``MAX_*`` constants):
   a 400 with the data-plane body ``{"code":3,"message":..,"details":[]}``, a 413 for a
   body over 2 MiB, a plain-text 401 for a missing or wrong ``Api-Key``.
@@ -60,6 +66,19 @@ MAX_IDS_PER_REQUEST = 1_000
 MAX_LIST_LIMIT = 100
 MAX_TOP_K = 10_000
 MAX_DIMENSION = 20_000
+MAX_SPARSE_VALUES = 1_000  # "Sparse vectors can contain no more than 1000 non-zero values"
+MAX_SPARSE_INDEX = 2**32 - 1  # indices are uint32 ("max dimensionality for sparse vectors is 4.2 billion")
+# Sources: https://docs.pinecone.io/reference/api/known-limitations ,
+# https://www.pinecone.io/docs/limits/ ,
+# https://docs.pinecone.io/guides/search/hybrid-search/single-index ,
+# https://docs.pinecone.io/guides/data/query-sparse-dense-vectors .
+SPARSE_METRIC_MESSAGE = (
+    # Seen as {"code":3,"message":"Index configuration does not support sparse values",...}
+    # (langchain-ai/langchain#2451, 2023); the current service appends the reason.
+    "Index configuration does not support sparse values - only indexes that are sparse or using "
+    "dotproduct are supported"
+)
+EMPTY_SPARSE_MESSAGE = "Sparse vector must contain at least one value"
 
 DATA_PLANE_OPS = ("upsert", "query", "fetch", "delete", "update", "list", "describe_index_stats")
 CONTROL_PLANE_OPS = (
@@ -283,7 +302,7 @@ def _check_namespace(body_value: Any) -> str:
     return body_value
 
 
-def _check_values(values: Any, dimension: int, what: str) -> list[float]:
+def _check_values(values: Any, dimension: int, what: str, *, allow_zero: bool = False) -> list[float]:
     if not isinstance(values, list) or not values:
         raise _bad(f"{what}: dense values are required")
     if not all(_is_number(x) and math.isfinite(x) for x in values):
@@ -292,7 +311,7 @@ def _check_values(values: Any, dimension: int, what: str) -> list[float]:
         raise _bad(
             f"Vector dimension {len(values)} does not match the dimension of the index {dimension}"
         )
-    if not any(values):
+    if not any(values) and not allow_zero:
         raise _bad(f"{what}: Dense vectors must contain at least one non-zero value")
     return [float(x) for x in values]
 
@@ -361,6 +380,18 @@ def _same(a: Any, b: Any) -> bool:
     return isinstance(a, str) and isinstance(b, str) and a == b
 
 
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return "null" if value is None else "number"
+
+
 def _is_scalar(value: Any) -> bool:
     return isinstance(value, (str, bool)) or _is_number(value)
 
@@ -407,7 +438,9 @@ def _compile_field_op(name: str, op: str, operand: Any) -> _Predicate:
     if op in ("$eq", "$ne") and not _is_scalar(operand):
         raise _bad(f"{op} on {name!r} needs a string, number or boolean")
     if op in _RANGE_OPS and not _is_number(operand):
-        raise _bad(f"{op} on {name!r} needs a number")
+        # The service's wording, as its users quote it ("the $gt operator must be followed by a
+        # number, got string instead"): range operators take numbers only, never strings.
+        raise _bad(f"the {op} operator must be followed by a number, got {_json_type(operand)} instead")
     if op in ("$in", "$nin") and (
         not isinstance(operand, list) or not all(_is_scalar(x) for x in operand)
     ):
@@ -955,11 +988,29 @@ class PineconeEmulator:
         return {"upsertedCount": len(staged)}
 
     def _query(self, index: _Index, body: dict, _q: dict, now: float) -> dict:
+        """Exact top-k. A hybrid query (``vector`` + ``sparseVector``) needs a ``dotproduct``
+        index and scores ``dense·dense + sparse·sparse``, the sparse dot over shared indices (a
+        record without sparse values adds 0); weighting the two is the caller's job (scale the
+        query vectors). On any other metric a sparse query is a 400
+        (known-limitations: "querying will return an error"). A sparse-only query needs a
+        sparse index, which the emulator does not model: on a dense index it is a 400 as well.
+        """
         top_k = _check_int(body.get("topK"), "topK", 1, MAX_TOP_K)
         namespace = _check_namespace(body.get("namespace"))
-        vector, by_id = body.get("vector"), body.get("id")
-        if (vector is None) == (by_id is None):
-            raise _bad("exactly one of 'vector' or 'id' must be provided")
+        vector, by_id, sparse_query = body.get("vector"), body.get("id"), body.get("sparseVector")
+        if by_id is not None and (vector is not None or sparse_query is not None):
+            raise _bad("Cannot provide both 'ID' and 'vector' (or 'sparse_vector') at the same time")
+        if by_id is None and vector is None and sparse_query is None:
+            raise _bad("No query provided: give 'vector', 'sparseVector' or 'id'")
+        sparse = None
+        if sparse_query is not None:
+            if index.metric != "dotproduct":
+                raise _bad(SPARSE_METRIC_MESSAGE)
+            sparse = _check_sparse(sparse_query, "sparseVector")
+            if vector is None:
+                # [UNCONFIRMED wording] the service refuses it (run-llama/llama_index#12967:
+                # "Pinecone always expects a vector ... when querying" a dense index).
+                raise _bad("A query on a dense index needs a dense 'vector'; 'sparseVector' alone queries a sparse index")
         predicate = compile_filter(body.get("filter") or None)
         records = index.visible(namespace, now)
         if by_id is not None:
@@ -968,12 +1019,17 @@ class PineconeEmulator:
                 return {"matches": [], "namespace": namespace, "usage": {"readUnits": 1}}
             query = anchor.array
         else:
-            query = np.asarray(_check_values(vector, index.dimension, "query vector"))
+            # An all-zero dense part is how a sparse-only (alpha = 0) query is written on a hybrid
+            # index (hybrid_score_norm in https://docs.pinecone.io/guides/search/hybrid-search/single-index;
+            # run-llama/llama_index#12967); the non-zero rule is documented for upserts.
+            query = np.asarray(_check_values(vector, index.dimension, "query vector", allow_zero=sparse is not None))
         ids = sorted(vid for vid, r in records.items() if predicate(r.metadata))
         matches = []
         if ids:
             matrix = np.stack([records[vid].array for vid in ids])
             scores = _scores(index.metric, matrix, query)
+            if sparse is not None:
+                scores = scores + np.array([_sparse_dot(sparse, records[vid].sparse) for vid in ids])
             ranking = scores if index.metric == "euclidean" else -scores
             order = np.argsort(ranking, kind="stable")[:top_k]  # ids are sorted: ties by id
             include_values = bool(body.get("includeValues"))
@@ -985,6 +1041,8 @@ class PineconeEmulator:
                     "score": float(scores[i]),
                     "values": list(record.values) if include_values else [],
                 }
+                if include_values and record.sparse is not None:
+                    match["sparseValues"] = record.sparse
                 if include_metadata and record.metadata:
                     match["metadata"] = record.metadata
                 matches.append(match)
@@ -1044,6 +1102,11 @@ class PineconeEmulator:
             if flt is not None:
                 raise _bad("Update by metadata request does not support updating vector values.")
             values = _check_values(values, index.dimension, "values")
+        sparse = body.get("sparseValues")
+        if sparse is not None:
+            if flt is not None:
+                raise _bad("Update by metadata request does not support updating vector values.")
+            sparse = _check_sparse(sparse, "sparseValues")
         slots = index.namespaces.get(namespace, {})
         if vid is not None:
             slot = slots.get(_check_id(vid))
@@ -1061,6 +1124,8 @@ class PineconeEmulator:
             record.metadata = metadata
             if values is not None:
                 record.values, record.array = values, np.asarray(values)
+            if sparse is not None:
+                record.sparse = sparse
         return {"matchedRecords": len(targets)} if flt is not None else {}
 
     def _list(self, index: _Index, _b: dict, query: dict, now: float) -> dict:
@@ -1126,20 +1191,40 @@ def _decode_body(raw: bytes) -> Any:
 
 
 def _check_sparse(sparse: Any, where: str) -> dict[str, list[Any]] | None:
+    """Validate sparse values: ``indices`` uint32 and unique, ``values`` finite float32, equal
+    lengths, at least one and at most ``MAX_SPARSE_VALUES`` entries.
+
+    The limits are documented (https://www.pinecone.io/docs/limits/); the empty-vector message
+    is the service's as quoted by users; the other messages are [UNCONFIRMED wording].
+    """
     if sparse is None:
         return None
     if not isinstance(sparse, dict):
         raise _bad(f"{where}.sparseValues must be an object")
     indices, values = sparse.get("indices"), sparse.get("values")
-    if (
-        not isinstance(indices, list)
-        or not isinstance(values, list)
-        or len(indices) != len(values)
-        or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices)
-        or not all(_is_number(v) for v in values)
-    ):
-        raise _bad(f"{where}.sparseValues needs equal-length 'indices' (uint) and 'values'")
-    return {"indices": list(indices), "values": [float(v) for v in values]}
+    if not isinstance(indices, list) or not isinstance(values, list) or len(indices) != len(values):
+        raise _bad(f"{where}: sparse 'indices' and 'values' must be lists of the same length")
+    if not indices:
+        raise _bad(EMPTY_SPARSE_MESSAGE)
+    if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= MAX_SPARSE_INDEX for i in indices):
+        raise _bad(f"{where}: sparse indices must be unsigned 32-bit integers")
+    if not all(_is_number(v) and math.isfinite(v) for v in values):
+        raise _bad(f"{where}: sparse values must be finite numbers")
+    if len(set(indices)) != len(indices):
+        raise _bad(f"{where}: sparse indices must be unique")
+    nonzero = sum(1 for v in values if v != 0)
+    if nonzero > MAX_SPARSE_VALUES:
+        raise _bad(
+            f"{where}: sparse vector has {nonzero} non-zero values; the maximum is {MAX_SPARSE_VALUES}"
+        )
+    return {"indices": list(indices), "values": [float(v) for v in values]}  # as given, like dense values
+
+
+def _sparse_dot(query: dict[str, list[Any]], record: dict[str, list[Any]] | None) -> float:
+    if record is None:
+        return 0.0
+    weights = dict(zip(record["indices"], record["values"]))
+    return float(sum(v * weights.get(i, 0.0) for i, v in zip(query["indices"], query["values"])))
 
 
 def _vector_json(vid: str, record: _Record) -> dict[str, Any]:

@@ -23,12 +23,19 @@ What it models (the parts the worker depends on):
   auto-create it with word tokenization; that hides the bug the worker must not have).
 - Search: filters with Weaviate's tokenization semantics (``word`` compares lowercase alphanumeric
   tokens, so ``Equal("gong:call-1")`` also matches ``"gong:call-1-2"``; ``field`` compares the
-  trimmed whole value), exact nearest neighbours by numpy brute force (pre-filtered), and the
-  reply fields the client requires (``metadata.id_as_bytes``, ``*_present`` flags, timestamps).
+  trimmed whole value; stopwords are dropped from ``word`` filter values) and its gRPC value
+  typing (an int on a number property is a float, ``"3"`` on an int property is 3, a string on
+  a boolean one is refused), exact nearest neighbours by numpy brute force (pre-filtered), and
+  the reply fields the client requires (``metadata.id_as_bytes``, ``*_present`` flags, timestamps).
+- Keyword and hybrid search: ``bm25`` is the server's BM25F (BlockMax WAND scoring by default,
+  the legacy WAND merge with ``usingBlockMaxWAND: false``; k1/b and stopwords from the class),
+  and ``hybrid`` runs its vector and keyword legs with the server's candidate counts, distance
+  cutoff and ranked / relativeScore fusion; ``score`` (and ``explain_score``) come back, and
+  ``auto_limit`` applies. Sources are cited in that section.
 - Limits: ``QUERY_MAXIMUM_RESULTS`` (10,000) caps each ``BatchDelete`` (loop until nothing
   matches) and ``offset + limit`` of a search; ``QUERY_DEFAULTS_LIMIT`` (10) applies without a limit.
-- Index requirements the real server enforces: filtering needs ``indexFilterable`` (range
-  operators also accept ``indexRangeFilters``), ``_creationTimeUnix``/``_lastUpdateTimeUnix`` need
+- Index requirements the real server enforces: filtering needs an inverted index on the
+  property (filterable, searchable or rangeable), ``_creationTimeUnix``/``_lastUpdateTimeUnix`` need
   ``indexTimestamps``, ``IsNull`` needs ``indexNullState``, ``len(prop)`` needs
   ``indexPropertyLength``.
 
@@ -66,6 +73,7 @@ from google.protobuf.json_format import MessageToDict
 from weaviate.proto.v1 import (
     aggregate_pb2,
     base_pb2,
+    base_search_pb2,
     batch_delete_pb2,
     batch_pb2,
     health_weaviate_pb2,
@@ -593,6 +601,38 @@ def _tokens(text: str, tokenization: str) -> list[str]:
     return [t.lower() for t in _WORD_RE.findall(text)]  # word (and the language tokenizers)
 
 
+# weaviate/weaviate adapters/repos/db/inverted/stopwords/presets.go
+_STOPWORD_PRESETS: dict[str, frozenset[str]] = {
+    "en": frozenset({
+        "a", "an", "and", "are", "as", "at", "be", "but", "by", "for",
+        "if", "in", "into", "is", "it", "no", "not", "of", "on", "or", "such", "that",
+        "the", "their", "then", "there", "these", "they", "this", "to", "was", "will",
+        "with",
+    }),
+    "none": frozenset(),
+}
+_ONLY_STOPWORDS = (
+    "invalid search term, only stopwords provided. "
+    "Stopwords can be configured in class.invertedIndexConfig.stopwords"
+)
+
+
+def _stopwords(inverted: dict[str, Any]) -> frozenset[str]:
+    """The class's stopword set: preset, plus additions, minus removals.
+
+    Source: adapters/repos/db/inverted/stopwords/detector.go (NewDetectorFromConfig). They
+    apply to ``word`` tokenization only, and only to query/filter values: the index keeps them.
+    """
+    config = inverted.get("stopwords") or {}
+    preset = config.get("preset") or ""
+    if preset and preset not in _STOPWORD_PRESETS:
+        raise _invalid(f'failed to create new detector from config: preset "{preset}" not known to stopword detector')
+    words = set(_STOPWORD_PRESETS.get(preset, frozenset()))
+    words.update(config.get("additions") or ())
+    words.difference_update(config.get("removals") or ())
+    return frozenset(words)
+
+
 def _glob(pattern: str) -> Callable[[str], bool]:
     pattern = pattern.replace("[", "[[]")
     return lambda s: fnmatch.fnmatchcase(s, pattern)
@@ -604,22 +644,88 @@ _COMPARE = {
     _F.OPERATOR_LESS_THAN: lambda a, b: a < b,
     _F.OPERATOR_LESS_THAN_EQUAL: lambda a, b: a <= b,
 }
-_EQUALITY_OPS = {
-    _F.OPERATOR_EQUAL, _F.OPERATOR_NOT_EQUAL, _F.OPERATOR_LIKE,
-    _F.OPERATOR_CONTAINS_ANY, _F.OPERATOR_CONTAINS_ALL, _F.OPERATOR_CONTAINS_NONE,
-}
-
 Predicate = Callable[[str, "_StoredObject"], bool]
 
 
-def _filter_values(f: base_pb2.Filters) -> list[Any]:
+def _typed_filter_values(f: base_pb2.Filters) -> tuple[str, list[Any]]:
+    """(the ``test_value`` oneof name, its values as a list)."""
     which = f.WhichOneof("test_value")
     if which is None:
         raise _invalid("filter has no value")
     value = getattr(f, which)
     if which.endswith("_array"):
-        return list(value.values)
-    return [value]
+        return which, list(value.values)
+    return which, [value]
+
+
+# The Go type a gRPC filter value becomes (adapters/handlers/grpc/v1/filters.go, ExtractFilters),
+# named the way the server's "%T" errors name it.
+_GO_TYPE = {
+    "value_text": "string", "value_int": "int", "value_number": "float64", "value_boolean": "bool",
+    "value_text_array": "string", "value_int_array": "int", "value_number_array": "float64",
+    "value_boolean_array": "bool",
+}
+
+
+def _go_float_to_int(v: float) -> int:
+    """adapters/handlers/grpc/v1/filters.go floatToInt."""
+    if not math.isfinite(v):
+        raise _invalid(f"filtering for integer, but received a non-finite number {v:g}")
+    if v != math.trunc(v):
+        raise _invalid(f"filtering for integer, but received a floating point number {v:g}")
+    return int(v)
+
+
+def _go_parse_float(text: str, kind: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise _invalid(
+            f"expected {'a number' if kind == 'number' else 'an integer'} value, but could not parse string "
+            f"'{text}' as {'float' if kind == 'number' else 'int'}: strconv.ParseFloat: parsing \"{text}\": invalid syntax"
+        ) from None
+    return value
+
+
+def _coerce_filter_values(base: str, which: str, values: list[Any], op: int) -> list[Any]:
+    """The server's gRPC value handling for a filter on a ``base``-typed property.
+
+    Over gRPC the value's declared type is the property's (ExtractFilters sets
+    ``Value.Type`` from the schema), so a mismatch is not caught by the validator but by the
+    inverted searcher's extractors (adapters/repos/db/inverted/searcher_value_extractors.go,
+    searcher.go extractTokenizableProp), whose messages are reproduced here. Numbers are
+    corrected first: an int (or a numeric string) on a number property becomes a float, a
+    whole float (or a numeric string) on an int property becomes an int, element-wise for the
+    Contains operators only.
+    """
+    contains = op in (_F.OPERATOR_CONTAINS_ANY, _F.OPERATOR_CONTAINS_ALL, _F.OPERATOR_CONTAINS_NONE)
+    if base == "number":
+        if which == "value_int":
+            values = [float(values[0])]
+        elif which == "value_text":
+            values = [_go_parse_float(values[0], "number")]
+        elif which == "value_int_array" and contains:
+            values = [float(v) for v in values]
+    elif base == "int":
+        if which == "value_number":
+            values = [_go_float_to_int(values[0])]
+        elif which == "value_text":
+            values = [_go_float_to_int(_go_parse_float(values[0], "int"))]
+        elif which == "value_number_array" and contains:
+            values = [_go_float_to_int(v) for v in values]
+    want = {"text": (str, "expected value to be string, got '{}'"),
+            "int": (int, "expected value to be int, got {}"),
+            "number": (float, "expected value to be float64, got {}"),
+            "boolean": (bool, "expected value to be bool, got {}"),
+            "date": (str, "expected value to be time.Time (or parseable string), got {}")}.get(base)
+    if want is None:
+        return values
+    kind, message = want
+    for v in values:
+        ok = isinstance(v, kind) and (kind is bool or not isinstance(v, bool))
+        if not ok:
+            raise _invalid(message.format(_GO_TYPE.get(which, type(v).__name__)))
+    return values
 
 
 class _FilterCompiler:
@@ -629,6 +735,7 @@ class _FilterCompiler:
         self._c = collection
         self._props = {p["name"]: p for p in collection.schema["properties"]}
         self._inverted = collection.schema["invertedIndexConfig"]
+        self._stopwords = _stopwords(self._inverted)
 
     def compile(self, f: base_pb2.Filters) -> Predicate:
         op = f.operator
@@ -660,7 +767,7 @@ class _FilterCompiler:
     # -- leaves ---------------------------------------------------------------------------
 
     def _leaf(self, op: int, target: str, f: base_pb2.Filters) -> Predicate:
-        values = _filter_values(f)
+        which, values = _typed_filter_values(f)
         if target == "_id":
             wanted = [str(v).lower() for v in values]
             return self._generic(op, lambda u, o: [u], wanted)
@@ -689,12 +796,14 @@ class _FilterCompiler:
                 raise _invalid("Nullstate must be indexed to be filterable! Add `indexNullState: true` to the invertedIndexConfig")
             want_null = bool(values[0])
             return lambda u, o: _is_null(o.properties.get(target)) == want_null
-        if op in _EQUALITY_OPS and not prop["indexFilterable"]:
+        # Any inverted index serves a filter (filterable, searchable or rangeable), except that
+        # Like cannot run on the rangeable one alone (adapters/repos/db/inverted/searcher.go
+        # extractPrimitiveProp, prop_value_pairs.go getBucketName).
+        indexes = (prop["indexFilterable"], prop.get("indexSearchable", False), prop["indexRangeFilters"])
+        if not any(indexes) or (op == _F.OPERATOR_LIKE and not any(indexes[:2])):
             raise _invalid(
                 f"Filtering by property '{target}' requires inverted index. Is `indexFilterable` option of property '{target}' enabled? Set it to `true` or leave empty"
             )
-        if op in _COMPARE and not (prop["indexFilterable"] or prop["indexRangeFilters"]):
-            raise _invalid(f"Filtering by property '{target}' requires indexFilterable or indexRangeFilters")
 
         def elements(u: str, o: _StoredObject) -> list[Any]:
             value = o.properties.get(target)
@@ -702,15 +811,17 @@ class _FilterCompiler:
                 return []
             return value if isinstance(value, list) else [value]
 
+        values = _coerce_filter_values(base, which, values, op)
         if base == "text":
-            return self._text(op, elements, [self._expect(v, str, target) for v in values], prop["tokenization"])
-        if base in ("int", "number"):
-            wanted = [self._expect(v, (int, float), target) for v in values]
-            return self._generic(op, elements, wanted)
-        if base == "boolean":
-            return self._generic(op, elements, [self._expect(v, bool, target) for v in values])
+            stopwords = self._stopwords if prop["tokenization"] == "word" else frozenset()
+            return self._text(op, elements, values, prop["tokenization"], stopwords)
+        if base in ("int", "number", "boolean"):
+            return self._generic(op, elements, values)
         if base == "date":
-            wanted = [_parse_date(self._expect(v, str, target)) for v in values]
+            try:
+                wanted = [_parse_date(v) for v in values]
+            except ValueError as exc:
+                raise _invalid(f"trying parse time as RFC3339 string: {exc}") from None
             return self._generic(op, lambda u, o: [_parse_date(e) for e in elements(u, o)], wanted)
         if base == "uuid":
             return self._generic(op, elements, [str(self._expect(v, str, target)).lower() for v in values])
@@ -758,7 +869,10 @@ class _FilterCompiler:
         raise _unimplemented(f"operator {_F.Operator.Name(op)} on this property")
 
     @staticmethod
-    def _text(op: int, elements: Callable[[str, Any], list[Any]], wanted: list[str], tokenization: str) -> Predicate:
+    def _text(
+        op: int, elements: Callable[[str, Any], list[Any]], wanted: list[str], tokenization: str,
+        stopwords: frozenset[str],
+    ) -> Predicate:
         def object_tokens(u: str, o: _StoredObject) -> set[str]:
             out: set[str] = set()
             for e in elements(u, o):
@@ -766,7 +880,21 @@ class _FilterCompiler:
             return out
 
         # Equal on a text property is an AND over the value's tokens against the object's tokens.
-        token_sets = [frozenset(_tokens(w, tokenization)) for w in wanted]
+        # The index keeps stopwords but a filter value drops them (word tokenization only); a value
+        # left without tokens is refused, except among several ContainsAny values
+        # (adapters/repos/db/inverted/searcher.go: extractTokenizableProp, ErrOnlyStopwords).
+        if op == _F.OPERATOR_LIKE:
+            token_sets = []
+        else:
+            token_sets = [
+                frozenset([w.strip()]) if tokenization == "field"  # field: one term, "" included
+                else frozenset(t for t in _tokens(w, tokenization) if t not in stopwords)
+                for w in wanted
+            ]
+            if op == _F.OPERATOR_CONTAINS_ANY:
+                token_sets = [t for t in token_sets if t]
+            if not token_sets or not all(token_sets):
+                raise _invalid(_ONLY_STOPWORDS)
 
         def has(tokens: set[str], needed: frozenset[str]) -> bool:
             return bool(needed) and needed.issubset(tokens)
@@ -830,6 +958,7 @@ class _Collection:
     dims: dict[str, int] = field(default_factory=dict)
     version: int = 0
     _matrices: dict[str, tuple[int, list[str], np.ndarray]] = field(default_factory=dict)
+    _postings: dict[str, tuple[int, "_Postings"]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -868,6 +997,15 @@ class _Collection:
             return False
         self.version += 1
         return True
+
+    def postings(self, prop: dict[str, Any]) -> "_Postings":
+        """The inverted index of one searchable property (rebuilt after any write)."""
+        cached = self._postings.get(prop["name"])
+        if cached is not None and cached[0] == self.version:
+            return cached[1]
+        built = _build_postings(self, prop)
+        self._postings[prop["name"]] = (self.version, built)
+        return built
 
     def matrix(self, vector: str) -> tuple[list[str], np.ndarray]:
         """Ids and float32 rows of every object holding ``vector`` (rows normalised for cosine)."""
@@ -910,6 +1048,319 @@ def _unpack_f32(data: bytes) -> np.ndarray:
     if len(data) % 4:
         raise _invalid("vector bytes are not a whole number of float32 values")
     return np.frombuffer(data, dtype="<f4").astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Keyword search (BM25F), autocut and hybrid fusion
+# --------------------------------------------------------------------------------------------
+#
+# Followed from weaviate/weaviate at adcffc54 (main, 2026-08-20; the emulator claims 1.33, whose
+# hybrid/BM25 paths these match as far as the client can tell), and the concept pages
+# https://docs.weaviate.io/weaviate/concepts/search/hybrid-search and .../keyword-search:
+# - adapters/repos/db/inverted/bm25_searcher.go (query terms, stats, legacy WAND, createTerm),
+#   bm25_searcher_block.go (BlockMax WAND: per-property scoring, idf, combineResults),
+#   terms/terms.go (Idf, Term.Score), lsmkv/segment_blockmax.go (SegmentBlockMax.Score),
+#   lsmkv/bucket.go (CreateDiskTerm, GetAveragePropertyLength), shard_write_inverted_lsm.go
+#   (propLength = token count, or distinct tokens for the legacy map strategy),
+#   adapters/repos/db/index.go (objectSearch: default properties, autocut),
+#   entities/tokenizer/analyze.go (AnalyzeAndCountDuplicates);
+# - usecases/traverser/explorer_hybrid.go (Explorer.Hybrid: legs, candidate counts, the vector
+#   distance cutoff, pagination), usecases/traverser/hybrid/hybrid_fusion.go (FusionRanked,
+#   FusionRelativeScore), hybrid/searcher.go (HybridCombiner, autocut), entities/autocut/autocut.go;
+# - adapters/handlers/grpc/v1/parse_search_request.go (alpha, fusion default, vectors).
+
+QUERY_HYBRID_MAXIMUM_RESULTS = 100  # usecases/config/environment.go DefaultQueryHybridMaximumResults
+_BM25_AND = base_search_pb2.SearchOperatorOptions.OPERATOR_AND
+_BM25_AND_CROSS = base_search_pb2.SearchOperatorOptions.OPERATOR_AND_CROSS
+_FUSION_RANKED = base_search_pb2.Hybrid.FUSION_TYPE_RANKED
+_MISSING_SEARCHABLE = (
+    "Searching by property '{0}' requires inverted index. Is `indexSearchable` option of property '{0}' "
+    "enabled? Set it to `true` or leave empty"
+)
+
+
+@dataclass
+class _Postings:
+    """One searchable property's inverted index, as BM25 reads it (cached per store version).
+
+    ``lengths`` is the BlockMax propLength (every token, stopwords included) of the objects
+    holding at least one token; ``distinct`` is the legacy propLength (distinct tokens) of every
+    object holding the property, which is also what the legacy length tracker averages.
+    """
+
+    freqs: dict[str, dict[str, int]]
+    lengths: dict[str, int]
+    distinct: dict[str, int]
+    df: dict[str, int]
+
+    @property
+    def mean_length(self) -> float:
+        return sum(self.lengths.values()) / len(self.lengths) if self.lengths else 0.0
+
+    @property
+    def mean_distinct(self) -> float:
+        return sum(self.distinct.values()) / len(self.distinct) if self.distinct else 0.0
+
+
+def _build_postings(coll: "_Collection", prop: dict[str, Any]) -> _Postings:
+    name, tokenization = prop["name"], prop.get("tokenization") or "word"
+    out = _Postings({}, {}, {}, {})
+    for uid, obj in coll.objects.items():
+        value = obj.properties.get(name)
+        if value is None:
+            continue
+        counts: dict[str, int] = {}
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str):
+                for token in _tokens(item, tokenization):  # the index keeps stopwords
+                    counts[token] = counts.get(token, 0) + 1
+        out.distinct[uid] = len(counts)
+        if counts:
+            out.freqs[uid] = counts
+            out.lengths[uid] = sum(counts.values())
+            for token in counts:
+                out.df[token] = out.df.get(token, 0) + 1
+    return out
+
+
+@dataclass
+class _Scored:
+    """One ranked object: ``score`` is what the reply carries; ``secondary`` breaks fusion ties
+    (the raw BM25 score, or ``1 - distance``)."""
+
+    uid: str
+    score: float
+    secondary: float = 0.0
+    explain: str = ""
+
+
+def _f32(x: float) -> float:
+    return float(np.float32(x))
+
+
+def _go_float(x: float) -> str:
+    """A float32 as Go's ``%v`` prints it (shortest round-trip digits)."""
+    return np.format_float_positional(np.float32(x), unique=True, trim="-")
+
+
+def _bm25_idf(n: float, total: float) -> float:
+    """terms.Idf: ``log(1 + (N - n + 0.5) / (n + 0.5))`` with N clamped to n."""
+    total = max(total, n)
+    return math.log(1.0 + (total - n + 0.5) / (n + 0.5))
+
+
+def _searchable(prop: dict[str, Any]) -> bool:
+    return prop["dataType"][0] in _TEXT_TYPES and bool(prop.get("indexSearchable", True))
+
+
+def _bm25_properties(coll: "_Collection", requested: list[str]) -> list[tuple[dict[str, Any], float]]:
+    """The searched properties with their ``^boost``; all searchable text ones when none named."""
+    if not requested:
+        props = [(p, 1.0) for p in coll.schema["properties"] if _searchable(p)]
+        if not props:
+            raise _invalid("No properties provided, and no indexed properties found in class")
+        return props
+    boosts: dict[str, float] = {}
+    for raw in requested:
+        raw = raw[:1].lower() + raw[1:]  # parse_search_request.go LowercaseFirstLetterOfStrings
+        name, _, boost_text = raw.partition("^")
+        prop = coll.property(name)
+        if prop is None or not _searchable(prop):
+            raise _invalid(_MISSING_SEARCHABLE.format(name))
+        try:
+            boost = float(boost_text) if boost_text else 1.0
+        except ValueError:
+            boost = 0.0  # Go ignores the ParseFloat error and keeps the zero value
+        boosts[name] = boost  # a repeated property keeps its last boost and is searched once
+    return [(coll.property(name), boost) for name, boost in boosts.items()]  # type: ignore[misc]
+
+
+def _query_terms(query: str, tokenization: str, stopwords: frozenset[str]) -> dict[str, int]:
+    """AnalyzeAndCountDuplicates: distinct query terms, each with its count as a boost."""
+    counts: dict[str, int] = {}
+    for token in _tokens(query, tokenization):
+        if tokenization == "word" and token in stopwords:
+            continue
+        counts[token] = counts.get(token, 0) + 1
+    return counts
+
+
+def _keyword_search(
+    coll: "_Collection",
+    query: str,
+    requested: list[str],
+    predicate: "Predicate | None",
+    limit: int,
+    operator: int = 0,
+    minimum_match: int = 0,
+) -> list[_Scored]:
+    """BM25F over the searched properties, best first (ties by uuid), at most ``limit`` (0: all).
+
+    Scores follow the server's formula, which has no ``(k1 + 1)`` factor:
+    ``idf(t) * f / (f + k1 * (1 - b + b * len / avgLen))`` with
+    ``idf = log(1 + (N - n + 0.5) / (n + 0.5))`` times the term's count in the query, where N
+    counts every object and n the objects holding the term, *ignoring the filter* (the filter
+    only removes candidates). Only objects matching at least one term (all with the AND
+    operator, at least ``minimum_match`` with OR) are returned. With the default
+    ``usingBlockMaxWAND: true`` each property is scored on its own (its own avgLen, the term's
+    n averaged over the properties holding it, the property boost as a factor), each keeps its
+    top ``max(1.1 * limit, limit + 10)`` and the sums are ranked; with ``false`` the legacy
+    WAND merges the properties per term (frequencies and lengths added, distinct-token lengths,
+    the mean of the properties' average lengths).
+    """
+    if operator == _BM25_AND_CROSS:
+        raise _unimplemented("the BM25 AND_CROSS operator")
+    inverted = coll.schema["invertedIndexConfig"]
+    k1, b = float(inverted["bm25"]["k1"]), float(inverted["bm25"]["b"])
+    stopwords = _stopwords(inverted)
+    props = _bm25_properties(coll, requested)
+    groups: dict[str, list[tuple[dict[str, Any], float]]] = {}
+    for prop, boost in props:
+        groups.setdefault(prop.get("tokenization") or "word", []).append((prop, boost))
+    total = float(len(coll.objects))
+    order = {uid: i for i, uid in enumerate(coll.objects)}  # docID order
+    allowed = (lambda u: True) if predicate is None else (lambda u: predicate(u, coll.objects[u]))
+    totals: dict[str, float] = {}
+    explains: dict[str, list[str]] = {}
+
+    if inverted.get("usingBlockMaxWAND", True):
+        for tokenization, members in groups.items():
+            terms = _query_terms(query, tokenization, stopwords)
+            need = len(terms) if operator == _BM25_AND else minimum_match
+            postings = [coll.postings(prop) for prop, _ in members]
+            idf: dict[str, float] = {}
+            for term, duplicates in terms.items():
+                counts = [p.df.get(term, 0) for p in postings]
+                holding = sum(1 for c in counts if c)
+                if holding:
+                    idf[term] = _bm25_idf(float(sum(counts) // holding), total) * duplicates
+            keep = limit if limit <= 0 else max(int(limit * 1.1), limit + 10)
+            for (prop, boost), post in zip(members, postings):
+                avg = post.mean_length
+                scored: list[tuple[float, int, str, list[str]]] = []
+                for uid, freqs in post.freqs.items():
+                    matched = [t for t in terms if t in freqs and t in idf]
+                    if not matched or len(matched) < need or not allowed(uid):
+                        continue
+                    length = post.lengths[uid]
+                    score = sum(
+                        idf[t] * freqs[t] / (freqs[t] + k1 * ((1 - b) + b * (length / avg))) * boost for t in matched
+                    )
+                    why = [f"BM25F_{t}_frequency:{freqs[t]}, BM25F_{t}_propLength:{length}" for t in matched]
+                    scored.append((-_f32(score), order[uid], uid, why))
+                scored.sort(key=lambda row: row[:2])
+                for neg, _, uid, why in scored[:keep] if keep > 0 else scored:
+                    totals[uid] = _f32(totals.get(uid, 0.0) - neg)
+                    explains.setdefault(uid, []).extend(why)
+    else:
+        means = [coll.postings(prop).mean_distinct for prop, _ in props]
+        avg = sum(means) / len(means) if means else 0.0
+        if not avg or math.isnan(avg):
+            avg = 40.0  # bm25_searcher.go: "sane default, if all prop lengths are NaN or 0"
+        need = None
+        matched_terms: dict[str, int] = {}
+        for tokenization, members in groups.items():
+            terms = _query_terms(query, tokenization, stopwords)
+            group_need = len(terms) if operator == _BM25_AND else minimum_match
+            need = group_need if need is None else min(need, group_need)
+            postings = [(coll.postings(prop), boost) for prop, boost in members]
+            for term, duplicates in terms.items():
+                docs = {u for post, _ in postings for u, f in post.freqs.items() if term in f}
+                if not docs:
+                    continue
+                idf = _bm25_idf(float(len(docs)), total) * duplicates
+                for uid in docs:
+                    if not allowed(uid):
+                        continue
+                    freq = sum(post.freqs[uid][term] * boost for post, boost in postings if term in post.freqs.get(uid, {}))
+                    length = sum(post.distinct[uid] for post, _ in postings if term in post.freqs.get(uid, {}))
+                    term_score = idf * freq / (freq + k1 * (1 - b + b * length / avg))
+                    totals[uid] = totals.get(uid, 0.0) + term_score
+                    matched_terms[uid] = matched_terms.get(uid, 0) + 1
+                    explains.setdefault(uid, []).append(
+                        f"BM25F_{term}_frequency:{_go_float(freq)}, BM25F_{term}_propLength:{length}"
+                    )
+        totals = {u: _f32(s) for u, s in totals.items() if matched_terms[u] >= max(need or 0, 1)}
+
+    ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
+    if limit > 0:
+        ranked = ranked[:limit]
+    return [
+        _Scored(uid, score, score, "".join(f", {e}" for e in explains.get(uid, [])))
+        for uid, score in ranked
+    ]
+
+
+def _autocut(scores: list[float], cut_off: int) -> int:
+    """entities/autocut/autocut.go in float32: how many results to keep."""
+    n = len(scores)
+    if n <= 1:
+        return n
+    y = np.asarray(scores, dtype=np.float32)
+    step = np.float32(1.0) / (np.float32(n) - np.float32(1.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = np.arange(n, dtype=np.float32) * step
+        diff = (y - y[0]) / (y[-1] - y[0]) - x
+    extrema = 0
+    for i in range(1, n):
+        after = diff[i - 2] if i == n - 1 else diff[i + 1]
+        if diff[i] > diff[i - 1] and diff[i] > after:
+            extrema += 1
+            if extrema >= cut_off:
+                return i
+    return n
+
+
+def _fusion_order(a: _Scored, b: _Scored) -> int:
+    """The comparator both fusions sort with (score, then secondary score, then id)."""
+    d = float(np.float32(b.score) - np.float32(a.score))
+    if d * d < 1e-14:
+        d2 = float(np.float32(b.secondary) - np.float32(a.secondary))
+        if d2 * d2 < 1e-14:
+            return -1 if a.uid < b.uid else (1 if a.uid > b.uid else 0)
+        return -1 if a.secondary > b.secondary else 1
+    return -1 if a.score > b.score else 1
+
+
+def _fuse(fusion: int, legs: list[tuple[str, float, list[_Scored]]]) -> list[_Scored]:
+    """FusionRanked (``weight / (rank + 60)``, rank from 0) or FusionRelativeScore (each leg
+    min-max normalised to [0, 1], times its weight; a leg whose scores are all equal gives each
+    object the full weight). Sums over the legs an object appears in; an object missing from a
+    leg gets nothing from it. For an object in both legs the later leg's result (the keyword
+    one) carries the secondary sort value, as in the server's map."""
+    fused: dict[str, _Scored] = {}
+    if fusion == _FUSION_RANKED:
+        for name, weight, results in legs:
+            for rank, res in enumerate(results):
+                score = _f32(weight / (rank + 60))
+                previous = fused.get(res.uid)
+                explain = f"\nHybrid (Result Set {name}) Document {res.uid} contributed {_go_float(score)} to the score"
+                if previous is not None:
+                    score = _f32(score + previous.score)
+                    explain = previous.explain + explain
+                fused[res.uid] = _Scored(res.uid, score, res.secondary, explain)
+    else:
+        if all(not results for _, _, results in legs):
+            return []
+        for name, weight, results in legs:
+            if not results:
+                continue
+            values = [np.float32(r.secondary) for r in results]
+            high, low = max(values), min(values)
+            for res, value in zip(results, values):
+                score = np.float32(weight)
+                if high != low:
+                    score = np.float32(score * ((value - low) / (high - low)))
+                explain = (
+                    f"Hybrid (Result Set {name}) Document {res.uid}: original score {_go_float(value)}, "
+                    f"normalized score: {_go_float(score)}"
+                )
+                previous = fused.get(res.uid)
+                if previous is not None:
+                    score = np.float32(score + np.float32(previous.score))
+                    explain += " - " + previous.explain
+                fused[res.uid] = _Scored(res.uid, float(score), res.secondary, explain)
+    return sorted(fused.values(), key=functools.cmp_to_key(_fusion_order))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1324,24 +1775,131 @@ class _Servicer(weaviate_pb2_grpc.WeaviateServicer):
     def _search(self, request: search_get_pb2.SearchRequest) -> search_get_pb2.SearchReply:
         started = time.perf_counter()
         emu = self.emu
-        for unsupported in ("hybrid_search", "bm25_search", "near_text", "near_image", "near_audio", "near_video",
+        for unsupported in ("near_text", "near_image", "near_audio", "near_video",
                             "near_depth", "near_thermal", "near_imu", "group_by", "generative", "rerank", "boost"):
             if request.HasField(unsupported):
                 raise _unimplemented(f"Search.{unsupported}")
         if request.tenant:
             raise _invalid("emulator does not implement multi-tenancy")
-        if request.autocut:
-            raise _unimplemented("autocut")
+        searches = [n for n in ("near_vector", "near_object", "bm25_search", "hybrid_search") if request.HasField(n)]
+        if len(searches) > 1:
+            raise _invalid(f"conflict: {' and '.join(searches)} arguments present, choose one")
+        if request.sort_by and searches:
+            raise _invalid("sorting cannot be combined with search")  # parse_search_request.go
+        if request.autocut and not {"bm25_search", "hybrid_search"} & set(searches):
+            raise _unimplemented("autocut outside bm25 and hybrid search")
         with emu._lock:
             coll = emu._collection(request.collection)
             predicate = _FilterCompiler(coll).compile(request.filters) if request.HasField("filters") else None
             distances: dict[str, float] = {}
-            if request.HasField("near_vector") or request.HasField("near_object"):
+            scored: dict[str, _Scored] = {}
+            if request.HasField("hybrid_search") or request.HasField("bm25_search"):
+                ranked = self._hybrid(coll, request, predicate) if request.HasField("hybrid_search") else (
+                    self._bm25(coll, request, predicate)
+                )
+                hits = [r.uid for r in ranked]
+                scored = {r.uid: r for r in ranked}
+            elif request.HasField("near_vector") or request.HasField("near_object"):
                 hits = self._vector_search(coll, request, predicate, distances)
             else:
                 hits = self._list(coll, request, predicate)
-            results = [self._result(coll, uid, coll.objects[uid], request, distances.get(uid)) for uid in hits]
+            results = [
+                self._result(coll, uid, coll.objects[uid], request, distances.get(uid), scored.get(uid)) for uid in hits
+            ]
         return search_get_pb2.SearchReply(took=time.perf_counter() - started, results=results)
+
+    # -- keyword and hybrid search ----------------------------------------------------------
+
+    def _bm25(self, coll: _Collection, request: Any, predicate: Predicate | None) -> list[_Scored]:
+        """``Search.bm25_search``: top ``offset + limit`` by BM25F, autocut on those, then the page."""
+        bm = request.bm25_search
+        if not bm.query:
+            raise _invalid("keyword search (bm25) must have query set")  # explorer.go getClassKeywordBased
+        offset, limit = self._window(request)
+        operator, minimum = _bm25_operator(bm.search_operator if bm.HasField("search_operator") else None)
+        ranked = _keyword_search(coll, bm.query, list(bm.properties), predicate, offset + limit, operator, minimum)
+        if request.autocut > 0:
+            ranked = ranked[: _autocut([r.score for r in ranked], request.autocut)]
+        return ranked[offset : offset + limit]
+
+    def _hybrid(self, coll: _Collection, request: Any, predicate: Predicate | None) -> list[_Scored]:
+        """``Search.hybrid_search`` as Explorer.Hybrid runs it (usecases/traverser/explorer_hybrid.go).
+
+        - ``alpha`` (the proto field ``alpha`` below server 1.36.6; the client sends 0.7 when the
+          caller gives none) weighs the legs: the vector leg runs only when ``alpha > 0`` (weight
+          ``alpha``), the keyword leg only when ``1 - alpha > 0`` (weight ``1 - alpha``), so 0 is
+          pure BM25 and 1 pure vector, both still fused (scores normalised).
+        - Each leg fetches ``max(QUERY_HYBRID_MAXIMUM_RESULTS, limit)`` candidates (100 by
+          default; the offset does not enlarge it), both under the filter.
+        - ``max_vector_distance`` (``vector_distance``) cuts the vector leg at the first result
+          beyond it *and* drops keyword results not kept by the vector leg; a distance on the
+          ``near_vector`` sub-search only bounds that search.
+        - Fusion defaults to relativeScore when unset; the fused list is cut to
+          ``offset + limit``, then autocut, then the page is taken.
+        """
+        hs = request.hybrid_search
+        for unsupported in ("near_text", "selection"):
+            if hs.HasField(unsupported):
+                raise _unimplemented(f"Hybrid.{unsupported}")
+        vector: np.ndarray | None = None
+        if len(hs.vectors):
+            if len(hs.vectors) > 1:
+                raise _invalid(f"hybrid: only 1 vector supported, found {len(hs.vectors)} vectors")
+            if hs.vectors[0].type == base_pb2.Vectors.VECTOR_TYPE_MULTI_FP32:
+                raise _unimplemented("multi-vector queries")
+            vector = _unpack_f32(hs.vectors[0].vector_bytes)
+        elif hs.vector_bytes:
+            vector = _unpack_f32(hs.vector_bytes)
+        elif len(hs.vector):
+            vector = np.asarray(hs.vector, np.float32)
+        near = hs.near_vector if hs.HasField("near_vector") else None
+        if near is not None and vector is not None:
+            raise _invalid("cannot combine nearVector and vector in hybrid search")
+        if not hs.use_alpha_param:
+            alpha = float(hs.alpha)
+        else:
+            alpha = float(hs.alpha_param) if hs.HasField("alpha_param") else 0.75  # common_filters.DefaultAlpha
+        alpha = _f32(alpha)  # a proto float
+        offset, limit = self._window(request)
+        leg_limit = max(QUERY_HYBRID_MAXIMUM_RESULTS, limit)
+        legs: list[tuple[str, float, list[_Scored]]] = []
+        kept_by_vector: set[str] | None = None
+        if alpha > 0:
+            targets = list(hs.targets.target_vectors) if hs.HasField("targets") else list(hs.target_vectors)
+            if not targets and near is not None:
+                targets = list(near.target_vectors) or list(near.targets.target_vectors)
+            target = self._target(coll, targets)
+            certainty = max_distance = None
+            if near is not None:
+                query = _near_vector_query(near, target)
+                certainty = near.certainty if near.HasField("certainty") else None
+                max_distance = near.distance if near.HasField("distance") else None
+            elif vector is not None:
+                query = vector
+            else:  # no vectorizer: the module provider cannot embed the query
+                raise _invalid(
+                    f"VectorFromInput was called without vectorizer on class {coll.name} for input {hs.query}"
+                )
+            nearest = self._nearest(coll, target, query, predicate, leg_limit, max_distance, certainty)
+            if hs.HasField("vector_distance"):
+                cutoff = hs.vector_distance
+                cut = 0
+                while cut < len(nearest) and nearest[cut][1] <= cutoff:
+                    cut += 1
+                nearest = nearest[:cut]
+                kept_by_vector = {uid for uid, _ in nearest}
+            name = "vector,nearVector" if near is not None else "vector,hybridVector"
+            legs.append((name, alpha, [_Scored(uid, 1.0 - d, 1.0 - d) for uid, d in nearest]))
+        if 1 - alpha > 0:
+            operator, minimum = _bm25_operator(hs.bm25_search_operator if hs.HasField("bm25_search_operator") else None)
+            keyword = _keyword_search(coll, hs.query, list(hs.properties), predicate, leg_limit, operator, minimum)
+            if kept_by_vector is not None:
+                keyword = [r for r in keyword if r.uid in kept_by_vector]
+            legs.append(("keyword,bm25", 1 - alpha, keyword))
+        fused = _fuse(hs.fusion_type, legs)[: offset + limit]
+        if request.autocut > 0:
+            fused = fused[: _autocut([r.score for r in fused], request.autocut)]
+        return fused[offset : offset + limit]
 
     @staticmethod
     def _window(request: Any) -> tuple[int, int]:
@@ -1389,14 +1947,26 @@ class _Servicer(weaviate_pb2_grpc.WeaviateServicer):
             query = source.vectors[target]
             certainty = no.certainty if no.HasField("certainty") else None
             max_distance = no.distance if no.HasField("distance") else None
+        if request.limit == 0 and (certainty is not None or max_distance is not None):
+            limit = QUERY_MAXIMUM_RESULTS - offset
+        out = []
+        for uid, d in self._nearest(coll, target, query, predicate, offset + limit, max_distance, certainty)[offset:]:
+            distances[uid] = d
+            out.append(uid)
+        return out
+
+    @staticmethod
+    def _nearest(
+        coll: _Collection, target: str, query: np.ndarray, predicate: Predicate | None, k: int,
+        max_distance: float | None, certainty: float | None,
+    ) -> list[tuple[str, float]]:
+        """Exact top ``k`` (uid, distance) under the filter, nearest first, ties in docID order."""
         metric = coll.index_config(target)["distance"]
         ids, rows = coll.matrix(target)
         if len(ids) and rows.shape[1] != len(query):
             raise _invalid(f"vector lengths don't match: {len(query)} vs {rows.shape[1]}")
         if certainty is not None and metric != "cosine":
             raise _invalid("can't compute and return certainty when vector index is configured with a distance other than cosine")
-        if request.limit == 0 and (certainty is not None or max_distance is not None):
-            limit = QUERY_MAXIMUM_RESULTS - offset
         if predicate is not None:
             mask = np.fromiter((predicate(u, coll.objects[u]) for u in ids), dtype=bool, count=len(ids))
             keep = np.nonzero(mask)[0]
@@ -1409,17 +1979,12 @@ class _Servicer(weaviate_pb2_grpc.WeaviateServicer):
         if certainty is not None:
             ok = d <= 2 * (1 - certainty)
             keep, d = keep[ok], d[ok]
-        k = min(offset + limit, len(d))
+        k = min(k, len(d))
         if k == 0:
             return []
         top = np.argpartition(d, k - 1)[:k] if k < len(d) else np.arange(len(d))
-        top = top[np.lexsort((keep[top], d[top]))][offset:]
-        out = []
-        for i in top:
-            uid = ids[keep[i]]
-            distances[uid] = float(d[i])
-            out.append(uid)
-        return out
+        top = top[np.lexsort((keep[top], d[top]))]
+        return [(ids[keep[i]], float(d[i])) for i in top]
 
     @staticmethod
     def _target(coll: _Collection, targets: list[str]) -> str:
@@ -1434,9 +1999,16 @@ class _Servicer(weaviate_pb2_grpc.WeaviateServicer):
             raise _invalid(f"collection {coll.name} has no vector named '{targets[0]}'")
         return targets[0]
 
-    def _result(self, coll: _Collection, uid: str, obj: _StoredObject, request: Any, distance: float | None) -> search_get_pb2.SearchResult:
+    def _result(
+        self, coll: _Collection, uid: str, obj: _StoredObject, request: Any, distance: float | None,
+        scored: _Scored | None = None,
+    ) -> search_get_pb2.SearchResult:
         md = request.metadata
         meta = search_get_pb2.MetadataResult(id=uid, id_as_bytes=uuid_lib.UUID(uid).bytes)
+        if scored is not None and md.score:
+            meta.score, meta.score_present = scored.score, True
+        if scored is not None and md.explain_score:
+            meta.explain_score, meta.explain_score_present = scored.explain, True
         if md.creation_time_unix:
             meta.creation_time_unix, meta.creation_time_unix_present = obj.created_ms, True
         if md.last_update_time_unix:
@@ -1572,6 +2144,14 @@ def _near_vector_query(nv: Any, target: str) -> np.ndarray:
     if target in nv.vector_per_target:
         return _unpack_f32(nv.vector_per_target[target])
     raise _invalid("near_vector has no vector")
+
+
+def _bm25_operator(options: Any) -> tuple[int, int]:
+    """(operator, minimum_or_tokens_match) of a ``SearchOperatorOptions`` (OR and 0 without)."""
+    if options is None:
+        return 0, 0
+    minimum = options.minimum_or_tokens_match if options.HasField("minimum_or_tokens_match") else 0
+    return options.operator, minimum
 
 
 def _aggregation(coll: _Collection, agg: Any, objects: list[_StoredObject]) -> Any:
