@@ -16,8 +16,10 @@ import pytest
 from tests.conftest import COLLECTIONS, load_stream, make_config, seed_cache
 from tests.emulators.pinecone import PineconeEmulator
 from tests.emulators.weaviate import WeaviateEmulator
+from worker.fields import PRESET_FIELDS
 
 INDEX = "memory"
+FIELDS = sorted({n for fields in PRESET_FIELDS.values() for n in fields} | {"quality_flags"})
 WEAVIATE_COLLECTION = "MemoryChunk"
 
 
@@ -70,9 +72,16 @@ def assert_same_as_local(rt, pc, wv):
         vector, props = weav[row["uuid"]]
         np.testing.assert_allclose(vector, row["vector"], atol=1e-6)
         for key in ("doc_id", "source", "collection", "content_hash", "text_hash", "meta_hash",
-                    "version", "title", "url", "text", "extra"):
+                    "version", "title", "url", "text"):
             assert meta[key] == row[key], (rid, key)
             assert props[key] == row[key], (rid, key)
+        for key in FIELDS:  # the typed metadata fields: a key, a property and a column each
+            if row[key] is None:
+                assert key not in meta and props.get(key) is None, (rid, key)
+            elif isinstance(row[key], float):
+                assert meta[key] == pytest.approx(row[key]) and props[key] == pytest.approx(row[key]), (rid, key)
+            else:
+                assert meta[key] == row[key] and props[key] == row[key], (rid, key)
         for key in ("chunk_index", "chunk_count"):
             assert int(meta[key]) == row[key] and int(props[key]) == row[key], (rid, key)
         assert float(meta["published_at"]) == pytest.approx(row["published_at"])
@@ -220,4 +229,4 @@ def test_metadata_only_change_does_not_reembed(tmp_path, emulators, runtime_fact
     rt.pipeline.apply(docs)
     assert rt.engine.stats.chunks == chunks, "a metadata-only change re-embedded"
     for rid, (values, meta) in pc.vectors(INDEX).items():
-        assert orjson.loads(meta["extra"])["labels"] == ["relabelled"]
+        assert meta["labels"] == ["relabelled"]

@@ -101,7 +101,7 @@ def stored_ids(emu, namespace: str = "ns-a", index: str = "memory") -> set[str]:
 # --------------------------------------------------------------------------- ensure / info
 
 
-def test_ensure_creates_a_serverless_cosine_index_with_the_model_dimension(emu, make_sink):
+def test_ensure_creates_a_serverless_dotproduct_index_with_the_model_dimension(emu, make_sink):
     first = make_sink(region="eu-west-1")
     before = first.info()
     assert (before.reachable, before.dimension, before.error) == (True, None, None)  # not yet there
@@ -111,17 +111,27 @@ def test_ensure_creates_a_serverless_cosine_index_with_the_model_dimension(emu, 
     [create] = emu.requests_for("create_index")
     assert create.body["name"] == "memory"
     assert create.body["schema"]["fields"]["_values"] == {
-        "type": "dense_vector", "dimension": MODEL_DIM, "metric": "cosine"}
+        "type": "dense_vector", "dimension": MODEL_DIM, "metric": "dotproduct"}
     assert create.body["deployment"]["cloud"] == "aws"
     assert create.body["deployment"]["region"] == "eu-west-1"
     make_sink().ensure(MODEL_DIM, "cosine")  # a restart: the index is there, nothing is created
     assert len(emu.requests_for("create_index")) == 1
     info = first.info()
     assert (info.reachable, info.target, info.dimension, info.metric, info.records) == (
-        True, "memory/ns-a", MODEL_DIM, "cosine", 0)
+        True, "memory/ns-a", MODEL_DIM, "dotproduct", 0)
+    assert info.warnings == ()
 
 
-@pytest.mark.parametrize(("dimension", "metric"), [(16, "cosine"), (MODEL_DIM, "dotproduct")])
+def test_an_existing_cosine_index_is_accepted_and_warns_that_hybrid_runs_as_vector(emu, make_sink):
+    emu.create_index("memory", MODEL_DIM, "cosine")
+    sink = make_sink()
+    sink.ensure(MODEL_DIM, "cosine")
+    assert emu.requests_for("create_index") == []
+    [warning] = sink.info().warnings
+    assert "cosine" in warning and "hybrid" in warning
+
+
+@pytest.mark.parametrize(("dimension", "metric"), [(16, "cosine"), (MODEL_DIM, "euclidean")])
 def test_ensure_refuses_an_index_of_another_shape(emu, make_sink, dimension, metric):
     emu.create_index("memory", dimension, metric)
 

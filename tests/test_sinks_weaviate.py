@@ -30,7 +30,7 @@ from worker.ids import chunk_uuid, document_id
 from worker.records import QueryFilter, VectorRecord
 from worker.sinks.base import build_records, stored_from_metadata
 from worker.sinks.weaviate import WeaviateSink
-from worker.sinks.weaviate_wire import ID_PROPERTIES, object_error_kind
+from worker.sinks.weaviate_wire import ALL_PROPERTIES, ID_PROPERTIES, object_error_kind
 
 COLLECTION = "MemoryChunk"
 FAST = RetryConfig(max_attempts=5, max_elapsed_s=30, initial_backoff_s=0.01, max_backoff_s=0.05)
@@ -120,8 +120,9 @@ def real_records(chunker, embedder) -> list[VectorRecord]:
 
 
 def wire(meta: dict) -> dict:
+    """The row's own properties (undeclared metadata fields are not stored)."""
     out = {k: (str(v) if k not in ("chunk_index", "chunk_count", "published_at") else v)
-           for k, v in meta.items()}
+           for k, v in meta.items() if k in ALL_PROPERTIES}
     out["published_at"] = float(out["published_at"])
     return out
 
@@ -165,7 +166,7 @@ def test_ensure_creates_a_typed_collection_with_field_tokenized_ids(emu, make_si
         assert props[name].data_type == DataType.TEXT
         assert props[name].tokenization == Tokenization.FIELD, name
         assert props[name].index_filterable
-    for name in ("title", "text", "extra"):
+    for name in ("title", "text"):
         assert props[name].data_type == DataType.TEXT
     assert props["chunk_index"].data_type == DataType.INT and props["chunk_index"].index_range_filters
     assert props["chunk_count"].data_type == DataType.INT

@@ -76,7 +76,7 @@ def parse_filter(raw: Mapping[str, Any] | None, catalog: FieldCatalog) -> QueryF
         if not cond:
             raise FilterInvalid(f"{where}: empty condition", field=where)
         for op, operand in cond.items():
-            at = f"{where}.{op}"
+            at = where if op_alias else f"{where}.{op}"
             if op == "$eq":
                 conditions.append(Condition(field_name, spec.type, "eq", _scalar(spec, operand, at)))
             elif op == "$in":
