@@ -141,6 +141,13 @@ class Metrics:
                                           labels=["collection"])
                 for collection, r in sorted(screen.ratios().items()):
                     ratio.add_metric([collection], r)
+                dropped = CounterMetricFamily("memory_worker_metadata_dropped_total",
+                                              "Metadata values left out because they do not fit "
+                                              "their field's declared type", labels=["collection", "field"])
+                for collection, binding in sorted(screen.bindings.items()):
+                    for name, n in sorted(binding.fields.dropped.items()):
+                        dropped.add_metric([collection, name], n)
+                yield dropped
                 yield entities
                 yield checked
                 yield failed
