@@ -263,7 +263,8 @@ def test_github_integer_key_is_read_as_text():
 # -- generic mapping -----------------------------------------------------------------------------
 
 NOTES = dict(source="notes", key=["/org", "/note/id"], text=["/note/summary", "/note/body"],
-             title="/note/title", url="/note/link", metadata={"owner": "/note/owner", "tags": "/tags"},
+             title="/note/title", url="/note/link", metadata={"owner": "/note/owner",
+                                                                 "tags": {"pointer": "/tags", "type": "string[]"}},
              chunker="markdown")
 
 
@@ -281,6 +282,15 @@ def test_generic_binding_maps_key_text_title_metadata_and_chunker():
     assert doc.title == "Q4 plan" and doc.url == "https://notes.example/7"
     assert doc.metadata == {"owner": "dana", "tags": ["q4", "plan"]}
     assert doc.chunker == "markdown"
+
+
+def test_a_metadata_value_that_does_not_fit_its_type_is_left_out_and_counted():
+    b = binding("acme/notes", **{**NOTES, "metadata": {"owner": "/note/owner", "tags": "/tags",
+                                                       "n": {"pointer": "/note/id", "type": "integer"},
+                                                       "due": {"pointer": "/note/title", "type": "time"}}})
+    doc = b.parse(notes_doc())
+    assert doc.metadata == {"owner": "dana", "n": 7}  # a list is no string, "Q4 plan" no time
+    assert b.fields.dropped == {"tags": 1, "due": 1}
 
 
 def test_generic_binding_needs_at_least_one_text_field():
