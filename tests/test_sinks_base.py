@@ -9,7 +9,7 @@ import pytest
 from conftest import flow_uuid
 from worker.ids import chunk_uuid
 from worker.records import Chunk, ChunkedDocument, FlowDocument
-from worker.sinks.base import MAX_METADATA_BYTES, build_records, hit_from_metadata, trim_text
+from worker.sinks.base import MAX_METADATA_BYTES, MetadataTooLarge, build_records, hit_from_metadata, trim_text
 
 PINECONE_METADATA_BYTES = 40 * 1024
 
@@ -59,8 +59,16 @@ def test_records_carry_deterministic_ids_and_the_documented_fields():
     assert (meta["chunk_index"], meta["chunk_count"]) == (1, 3)
     assert meta["version"] == "00000000000123456789"  # sorts as a string
     assert meta["published_at"] == 1_800_000_000.5
-    assert orjson.loads(meta["extra"]) == {"labels": ["bug"], "number": 1, "state": "open"}
+    assert (meta["labels"], meta["number"], meta["state"]) == (["bug"], 1, "open")  # flat, typed
+    assert "extra" not in meta
     assert records[1].vector.dtype == np.float32
+
+
+def test_metadata_too_large_for_any_text_is_refused_naming_the_largest_fields():
+    huge = {"notes": "n" * 38_000, "labels": ["bug"] * 10, "state": "open"}
+    with pytest.raises(MetadataTooLarge) as err:
+        build_records(chunked(["a"], huge), np.ones((1, 4), np.float32))
+    assert "github:I_1" in str(err.value) and "notes (38002 B)" in str(err.value)
 
 
 def test_vector_count_must_match_chunk_count():
@@ -77,9 +85,10 @@ def test_trim_text_respects_the_json_budget_on_character_boundaries():
     assert trim_text("fits", 100) == "fits"
 
 
-def test_hits_expand_extra_metadata_back():
-    [record] = build_records(chunked(["hello"]), np.ones((1, 4), np.float32))
-    hit = hit_from_metadata(record.id, 0.5, dict(record.metadata))
+def test_hits_expand_a_legacy_rows_extra_metadata_back():
+    [record] = build_records(chunked(["hello"], {"number": 1}), np.ones((1, 4), np.float32))
+    legacy = {**record.metadata, "extra": orjson.dumps({"labels": ["bug"]}).decode()}
+    hit = hit_from_metadata(record.id, 0.5, legacy)
     assert hit.text == "hello" and hit.doc_id == "github:I_1" and hit.source == "github"
     assert hit.metadata["labels"] == ["bug"] and "extra" not in hit.metadata
     out = hit.as_json()
