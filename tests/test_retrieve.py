@@ -73,3 +73,23 @@ def test_context_of_the_last_chunk_stays_inside_the_document(retriever):
     assert short.doc_id == "gong:short-0" and short.chunks[0].chunk_index == 0
     assert [c.chunk_index for c in short.context] == [0, 1, 2]
     assert [c.text for c in short.context] == [f"gong:short-0 part {i}" for i in range(3)]
+
+
+def test_keyword_and_hybrid_follow_writes_and_deletes(tmp_path):
+    sink = LocalSink(tmp_path / "kw")
+    sink.ensure(DIM, "cosine")
+    r = Retriever(embed_query=lambda text: QUERY, sinks={"local": sink},
+                  catalog=FieldCatalog({"c": {}}), sources={"c": "gong"})
+    ask = lambda mode: [d.doc_id for d in r.search(QueryRequest(text="ECONNRESET", k=5, mode=mode)).results]  # noqa: E731
+    assert ask("keyword") == []  # an empty table: no index yet, no error
+    first, second = document("gong:a", 2), document("gong:b", 2)
+    first = ChunkedDocument(first.document, (first.chunks[0], Chunk("gong:a", 1, "socket ECONNRESET again",
+                                                                      (101, 9, 102), "h-a-x")), "t", "m")
+    sink.upsert(build_records(first, np.stack([near(0.2, 1), near(0.3, 2)])))
+    sink.upsert(build_records(second, np.stack([near(0.9, 3), near(0.8, 4)])))
+    assert ask("keyword") == ["gong:a"]  # written after the index was built: still found
+    assert set(ask("hybrid")) == {"gong:a", "gong:b"}  # one leg each
+    assert ask("vector")[0] == "gong:b"
+    sink.delete_document("gong:a")
+    assert ask("keyword") == [] and "gong:a" not in ask("hybrid")
+    sink.close()
