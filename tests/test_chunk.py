@@ -6,7 +6,10 @@ Invariants, checked over the sample stream, hostile text and seeded random docum
 * tokenize once: re-tokenizing ``prompt + chunk.text`` gives exactly ``chunk.token_ids``, so the
   stored text is what was embedded;
 * every word of a document reaches some chunk; empty text gives no chunk;
-* chunking is deterministic and does not depend on which other documents share the batch.
+* chunking is deterministic and does not depend on which other documents share the batch;
+* the output is pinned (chunks, ids and hashes key the embedding cache and the ledger): the
+  sample stream and the documents above chunk exactly as they did before the packing was
+  rewritten for speed, however the tokenizer's batch is laid out.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import re
 import pytest
 
 from conftest import COLLECTIONS, flow_uuid, load_stream
+import worker.chunk as chunk_module
 from worker.chunk import Chunker
 from worker.config import BindingConfig
 from worker.documents import Binding
@@ -284,3 +288,58 @@ def test_chunker_refuses_max_tokens_above_the_model_maximum(embedder):
     with pytest.raises(ValueError, match="above the model's max sequence 256"):
         Chunker(embedder.tokenizer, max_tokens=300, overlap_tokens=32, model_max_tokens=256,
                 cls_id=embedder.info.cls_id, sep_id=embedder.info.sep_id)
+
+
+# -- pinned output -------------------------------------------------------------------------------
+
+# blake2b-128 over every chunk of the sample stream (examples/stream, all three collections) and
+# of the hostile and seeded random documents above, as written by ``output_digest``. Computed with
+# the chunker at commit 55ce158, before its packing was rewritten for speed (issue 15).
+# ``Chunk.content_hash`` keys the embedding cache and the ledger: any change in chunk boundaries,
+# text, ids or hashes re-embeds every stored document, so it must be a deliberate one. Then
+# recompute these constants and say so in the change.
+PINNED_STREAM = {(256, 32, ""): "b734c90fa3f39814f8d2a24bac174bad",
+                 (128, 16, ""): "e0234b3b460386f8785682cd493017dc",
+                 (64, 8, ""): "c0439ba03c11af5a78465c7259bff69e",
+                 (128, 16, "passage: "): "4aab87c55c36582f35204112ff2ddf90"}
+PINNED_EDGE_CASES = "f634887e765521beda7b8bb12685bbd6"
+
+
+def output_digest(chunked, h=None):
+    h = h or hashlib.blake2b(digest_size=16)
+    for cd in chunked:
+        h.update(repr((cd.document.doc_id, cd.text_hash, cd.meta_hash)).encode())
+        for c in cd.chunks:
+            h.update(repr((c.doc_id, c.index, c.text, c.token_ids, c.content_hash)).encode())
+    return h
+
+
+@pytest.mark.parametrize("max_tokens, overlap, prompt", sorted(PINNED_STREAM))
+def test_sample_stream_output_is_pinned(embedder, stream_docs, max_tokens, overlap, prompt):
+    chunker = make_chunker(embedder, max_tokens, overlap, prompt)
+    chunked = chunker.chunk(stream_docs)
+    assert all(type(c.token_ids) is tuple for cd in chunked for c in cd.chunks)
+    assert output_digest(chunked).hexdigest() == PINNED_STREAM[(max_tokens, overlap, prompt)]
+
+
+@pytest.mark.parametrize("layout", ["default", "tiny inputs"])
+def test_edge_case_output_is_pinned(embedder, monkeypatch, layout):
+    if layout == "tiny inputs":  # how texts are joined and cut for the tokenizer changes nothing
+        monkeypatch.setattr(chunk_module, "_SEQ_CHARS", 64)
+        monkeypatch.setattr(chunk_module, "_PIECE_CHARS", 64)
+    h = hashlib.blake2b(digest_size=16)
+    for kind, max_tokens, overlap in HOSTILE_GRID:
+        chunker = make_chunker(embedder, max_tokens, overlap)
+        for name in sorted(HOSTILE):
+            output_digest(chunker.chunk([doc(HOSTILE[name], chunker=kind, title=HOSTILE[name][:3000],
+                                             label="Dana")]), h)
+    for seed in range(4):  # the same documents and settings as the two random tests above
+        rng = random.Random(seed)
+        max_tokens = rng.choice([170, 200, 256])
+        chunker = make_chunker(embedder, max_tokens, rng.randrange(0, max_tokens // 2 - 1))
+        output_digest(chunker.chunk(random_docs(rng, 8)), h)
+        rng = random.Random(100 + seed)
+        max_tokens = rng.choice([16, 24, 48, 64, 100])
+        chunker = make_chunker(embedder, max_tokens, rng.randrange(0, max_tokens // 2 - 1))
+        output_digest(chunker.chunk(random_docs(rng, 6)), h)
+    assert h.hexdigest() == PINNED_EDGE_CASES
