@@ -45,12 +45,10 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from bench.embed import ZeroBackend, cpu_model, generate_stream, webhook_batches  # noqa: E402
+from bench.embed import cpu_model, generate_stream, webhook_batches, zero_cost_pipeline  # noqa: E402
 from worker.chunk import Chunker  # noqa: E402
 from worker.embed import Embedder  # noqa: E402
-from worker.engine import EmbeddingEngine  # noqa: E402
 from worker.modelspec import load_spec  # noqa: E402
-from worker.records import FlowDocument  # noqa: E402
 
 
 def load_before(rev: str, folder: Path) -> ModuleType:
@@ -80,20 +78,6 @@ class TimedTokenizer:
         finally:
             self.wall += time.perf_counter() - started
             self.cpu += time.process_time() - started_cpu
-
-
-def pipeline(chunker, batches: list[list[FlowDocument]], dimensions: int) -> int:  # noqa: ANN001
-    """bench/embed.py's pipeline: chunk each webhook batch, submit it to a zero-cost engine."""
-    n_tokens = 0
-    with EmbeddingEngine(ZeroBackend(dimensions), max_batch_tokens=16384, max_wait_ms=50) as engine:
-        pending = []
-        for b in batches:
-            chunks = [c for cd in chunker.chunk(b) for c in cd.chunks]
-            n_tokens += sum(c.n_tokens for c in chunks)
-            pending.append(engine.submit(chunks, use_cache=False))
-        for p in pending:
-            p.result()
-    return n_tokens
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -149,8 +133,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     methods: dict[str, Callable[[], object]] = {
         "raw encode_batch": lambda: embedder.tokenizer.encode_batch(texts, add_special_tokens=True),
-        "pipeline before": lambda: pipeline(chunkers["before"], batches, embedder.dimensions),
-        "pipeline after": lambda: pipeline(chunkers["after"], batches, embedder.dimensions),
+        "pipeline before": lambda: zero_cost_pipeline(chunkers["before"], batches, embedder.dimensions),
+        "pipeline after": lambda: zero_cost_pipeline(chunkers["after"], batches, embedder.dimensions),
         "chunk only before": chunk_only("before"),
         "chunk only after": chunk_only("after"),
     }

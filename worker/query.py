@@ -11,7 +11,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from worker.contract import QueryRequest, field_of
-from worker.fields import parse_time as _parse_time
 from worker.filters import FilterInvalid
 
 
@@ -23,13 +22,3 @@ def parse_request(payload: Any) -> QueryRequest:  # noqa: ANN401
     except ValidationError as exc:
         field, message = field_of(exc)
         raise FilterInvalid(message, field=field) from None
-
-
-def parse_time(value: str | float | None) -> float | None:
-    """ISO 8601 or unix seconds → unix seconds (``None`` passes); ValueError if not a time."""
-    if value is None:
-        return None
-    seconds = _parse_time(value)
-    if seconds is None:
-        raise ValueError(f"{value!r} is not a time (ISO 8601 or unix seconds)")
-    return seconds

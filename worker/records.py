@@ -164,12 +164,6 @@ class QueryHit:
     text: str
     metadata: dict[str, MetadataValue]
 
-    def as_json(self) -> dict[str, object]:
-        return {"id": self.id, "doc_id": self.doc_id, "source": self.source,
-                "score": round(float(self.score), 6), "text": self.text,
-                "title": self.metadata.get("title", ""), "url": self.metadata.get("url", ""),
-                "metadata": self.metadata}
-
 
 @dataclass(slots=True)
 class SinkAnswer:

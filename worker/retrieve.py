@@ -20,11 +20,10 @@ from typing import Any
 
 from worker.contract import (ChunkOut, ChunkResult, DocumentResult, DocumentView, FieldInfo,
                              QueryRequest, QueryResponse, SourceInfo)
-from worker.errors import RequestInvalid
 from worker.fields import FieldCatalog, format_time
 from worker.filters import FilterInvalid, parse_filter
 from worker.ids import chunk_id
-from worker.records import Chunk, QueryFilter, QueryHit, SinkAnswer, SinkQuery
+from worker.records import Chunk, QueryHit, SinkAnswer, SinkQuery
 
 
 def engine_query_embedder(embedder: Any, engine: Any) -> Callable[[str], Any]:  # noqa: ANN401
@@ -127,12 +126,10 @@ class Retriever:
     def _document_result(self, hits: list[QueryHit], context: list[QueryHit] | None) -> DocumentResult:
         best = hits[0]
         meta = best.metadata
-        published = meta.get("published_at")
         return DocumentResult(
             doc_id=best.doc_id, source=best.source, collection=str(meta.get("collection", "")),
             title=str(meta.get("title", "")), url=str(meta.get("url", "")),
-            score=round(float(best.score), 6),
-            published_at=format_time(published) if isinstance(published, (int, float)) else None,
+            score=round(float(best.score), 6), published_at=_published(meta),
             chunk_count=_int(meta.get("chunk_count")), metadata=self._fields(meta),
             chunks=[ChunkOut(id=h.id, chunk_index=_int(h.metadata.get("chunk_index")) or 0,
                              text=h.text, score=round(float(h.score), 6)) for h in hits],
@@ -151,11 +148,10 @@ class Retriever:
         found = self._fetch(store, [chunk_id(doc_id, i) for i in range(count)])
         chunks = [found[chunk_id(doc_id, i)] for i in range(count) if chunk_id(doc_id, i) in found]
         meta = first.metadata
-        published = meta.get("published_at")
         return DocumentView(
             doc_id=doc_id, source=first.source, collection=str(meta.get("collection", "")),
             title=str(meta.get("title", "")), url=str(meta.get("url", "")),
-            published_at=format_time(published) if isinstance(published, (int, float)) else None,
+            published_at=_published(meta),
             metadata=self._fields(meta),
             chunks=[ChunkOut(id=h.id, chunk_index=_int(h.metadata.get("chunk_index")) or 0, text=h.text)
                     for h in chunks])
@@ -174,6 +170,11 @@ def group_hits(hits: list[QueryHit]) -> list[list[QueryHit]]:
     return list(groups.values())
 
 
+def _published(meta: Mapping[str, Any]) -> str | None:  # noqa: ANN401
+    value = meta.get("published_at")
+    return format_time(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def _int(value: object) -> int | None:
     if isinstance(value, bool) or value is None:
         return None
@@ -181,6 +182,3 @@ def _int(value: object) -> int | None:
         return int(value)  # type: ignore[call-overload]
     except (TypeError, ValueError):
         return None
-
-
-__all__ = ["Retriever", "engine_query_embedder", "group_hits", "QueryFilter", "RequestInvalid"]
