@@ -251,7 +251,7 @@ def test_a_misconfigured_sink_is_parked_and_reported_while_the_others_stay_fresh
         ready = client.http.get("/readyz")
         assert ready.status_code == 200 and "SinkMismatch" in ready.json()["parked"]["pinecone"]
         assert ready.json()["sinks"]["local"] == "ok"
-        m = parse_prometheus(client.http.get("/metrics").text)
+        m = parse_prometheus(client.admin.get("/metrics").text)
         assert m['memory_worker_sink_state{sink="pinecone",state="misconfigured"}'] == 1
         assert m['memory_worker_sink_state{sink="local",state="ok"}'] == 1
         assert len(service.rt.sinks["local"].rows()) == 1
@@ -272,7 +272,7 @@ def test_retries_are_counted_per_sink(tmp_path, emulators, service_factory):
     with serving(service) as client:
         client.post(SLACK, [slack_doc("4.1", "retried twice", at=T0)])
         wait_for(lambda: all(n == 0 for n in behind(service).values()), "delivery")
-        m = parse_prometheus(client.http.get("/metrics").text)
+        m = parse_prometheus(client.admin.get("/metrics").text)
     assert m['memory_worker_sink_retries_total{sink="pinecone"}'] == 2
     assert m.get('memory_worker_sink_retries_total{sink="weaviate"}', 0) == 0
 

@@ -55,7 +55,7 @@ def test_no_raw_pii_or_secret_reaches_any_sink_log_status_or_metric(tmp_path, em
             r = client.post(COLLECTION_OF[item.collection], [item.raw])
             assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
         status = client.wait_delivered()
-        metrics_text = client.http.get("/metrics").text
+        metrics_text = client.admin.get("/metrics").text
         local = service.rt.sinks["local"].rows()
     assert status["dead_letters"] == 0
 
@@ -134,7 +134,7 @@ def test_quality_rules_dead_letter_flag_and_drop_and_the_valid_ratio_moves(tmp_p
                             slack_doc("2.4", "The renewal quote went out today", at=T0,
                                       sentiment_category="furious")])  # field dropped
         client.wait_delivered()
-        m = parse_prometheus(client.http.get("/metrics").text)
+        m = parse_prometheus(client.admin.get("/metrics").text)
         hits = client.query("lunch pizza", k=5, filter={"collection": SLACK}).json()["results"]
         quality = client.status()["quality"]
         rows = {r["doc_id"]: r for r in service.rt.sinks["local"].rows()}

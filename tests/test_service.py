@@ -87,9 +87,11 @@ def long_body(topic: str, paragraphs: int) -> str:
 class Client:
     """Talks to a running worker the way Estuary and AI Memory V2 do."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, admin_url: str | None = None) -> None:
         self.base_url = base_url
         self.http = httpx.Client(base_url=base_url, timeout=60.0)
+        #: The admin listener: /metrics, /estuary/status, /estuary/schema, the console.
+        self.admin = httpx.Client(base_url=admin_url or base_url, timeout=60.0)
 
     def post(self, collection: str, docs: Sequence[dict] | bytes, *,
              headers: dict[str, str] | None = None) -> httpx.Response:
@@ -100,7 +102,7 @@ class Client:
                                        **(HOOK if headers is None else headers)})
 
     def status(self) -> dict[str, Any]:
-        r = self.http.get("/estuary/status")
+        r = self.admin.get("/estuary/status")
         r.raise_for_status()
         return r.json()
 
@@ -123,12 +125,13 @@ class Client:
         return self.http.post("/query", json=payload, headers=QUERY if headers is None else headers)
 
     def metrics(self) -> dict[str, float]:
-        r = self.http.get("/metrics")
+        r = self.admin.get("/metrics")
         r.raise_for_status()
         return parse_prometheus(r.text)
 
     def close(self) -> None:
         self.http.close()
+        self.admin.close()
 
 
 def parse_prometheus(text: str) -> dict[str, float]:
@@ -153,15 +156,13 @@ def serving(service, *, deliver: bool = True) -> Iterator[Client]:  # noqa: ANN0
     """
     import uvicorn
 
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
-    # without it every keep-alive response waits ~40 ms for a delayed ACK (Nagle).
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(service.app(), log_level="warning", access_log=False,
+    from worker.service import listen
+
+    public, admin = listen("127.0.0.1", 0), listen("127.0.0.1", 0)
+    admin_port = admin.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(service.app(admin_port), log_level="warning", access_log=False,
                                            lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [public, admin]}, daemon=True)
     if deliver:
         service.start()
     thread.start()
@@ -169,7 +170,7 @@ def serving(service, *, deliver: bool = True) -> Iterator[Client]:  # noqa: ANN0
         if not thread.is_alive():
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.01)
-    client = Client(f"http://127.0.0.1:{port}")
+    client = Client(f"http://127.0.0.1:{public.getsockname()[1]}", f"http://127.0.0.1:{admin_port}")
     try:
         yield client
     finally:
@@ -179,7 +180,8 @@ def serving(service, *, deliver: bool = True) -> Iterator[Client]:  # noqa: ANN0
         if all(loop.ident is not None for loop in service.loops):  # started
             service.drain(30)
         service.close()
-        sock.close()
+        public.close()
+        admin.close()
 
 
 @pytest.fixture
@@ -233,7 +235,7 @@ def write_config(tmp_path: Path, *, port: int, name: str = "worker.yaml", **over
         "bindings": [b.model_dump(exclude_defaults=True) for b in config.bindings],
         "embedding": {"device": "cpu", "max_wait_ms": 5},
         "server": {"webhook_token": WEBHOOK_TOKEN, "query_token": QUERY_TOKEN, "port": port,
-                   "host": "127.0.0.1", **overrides.get("server", {})},
+                   "host": "127.0.0.1", "admin_port": free_port(), **overrides.get("server", {})},
         "spool": overrides.get("spool", {}),
         "sinks": {"local": {"path": str(config.sinks.local.path)}},
         "log_level": "info",
@@ -250,7 +252,8 @@ class WorkerProcess:
 
     def __init__(self, config: Path, port: int, log_path: Path) -> None:
         self.config = config
-        self.client = Client(f"http://127.0.0.1:{port}")
+        admin_port = yaml.safe_load(config.read_text())["server"].get("admin_port", 9011)
+        self.client = Client(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}")
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
@@ -467,9 +470,9 @@ def test_metrics_counters_move_with_traffic(start_worker):
     assert moved('memory_worker_end_to_end_lag_seconds_count{sink="local"}') == 4
     # published 30 s ago, so every observation is in a bucket at or above 30 s
     assert after['memory_worker_end_to_end_lag_seconds_bucket{le="10.0",sink="local"}'] == 0
-    assert after["memory_worker_spool_depth"] == 0 and after["memory_worker_spool_bytes"] == 0
+    assert after["memory_worker_spool_entries"] == 0 and after["memory_worker_spool_bytes"] == 0
     assert after['memory_worker_sink_behind_entries{sink="local"}'] == 0
-    text = client.http.get("/metrics").text
+    text = client.admin.get("/metrics").text
     assert "# TYPE memory_worker_sink_retries_total counter" in text
 
 
@@ -502,14 +505,14 @@ def test_spool_gauges_show_undelivered_entries(start_worker):
     body = orjson.dumps([slack_doc("8.1", "waiting in the spool", at=T0)])
     client.post(SLACK, body)
     m = client.metrics()
-    assert m["memory_worker_spool_depth"] == 1
+    assert m["memory_worker_spool_entries"] == 1
     assert m["memory_worker_spool_bytes"] == len(body)
     assert m['memory_worker_sink_behind_entries{sink="local"}'] == 1
 
 
 def test_schema_describes_each_bound_collection(start_worker):
     client, _ = start_worker()
-    schema = client.http.get("/estuary/schema").json()
+    schema = client.admin.get("/estuary/schema").json()
     assert set(schema) == {SLACK, GONG, GITHUB}
     assert set(schema[SLACK]["required"]) >= {"_meta", "channel_id", "ts"}
     assert schema[GONG]["required"] == ["_meta", "call_id"]

@@ -545,6 +545,7 @@ class WorkerProcess:
         self.root = root
         self.kind = kind
         self.port = _free_port()
+        self.admin_port = _free_port()
         state = root / "state"
         seed_cache(stream_cache, state)
         config = {
@@ -553,7 +554,7 @@ class WorkerProcess:
                          {"collection": "sophia-ai/slack-messages-enriched", "preset": "slack_message"},
                          {"collection": "sophia-ai/github-enriched", "preset": "github_document"}],
             "embedding": {"device": "cpu", "max_wait_ms": 5, "cpu_threads": 1},
-            "server": {"port": self.port, "webhook_token": "w", "query_token": "q",
+            "server": {"port": self.port, "admin_port": self.admin_port, "webhook_token": "w", "query_token": "q",
                        "shutdown_timeout_s": 20},
             "sinks": {"local": {"path": str(lancedb)}},
             "spool": {"poll_interval_s": 0.05},
@@ -578,7 +579,7 @@ class WorkerProcess:
         if self.proc.poll() is not None:
             raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
         try:
-            return httpx.get(f"http://127.0.0.1:{self.port}/estuary/status", timeout=5).json()
+            return httpx.get(f"http://127.0.0.1:{self.admin_port}/estuary/status", timeout=5).json()
         except httpx.HTTPError:
             return None
 

@@ -119,13 +119,26 @@ class EmbeddingConfig(Strict):
 
 
 class ServerConfig(Strict):
+    #: The public listener: the webhook, /query, /mcp, /healthz, /readyz.
     host: str = "127.0.0.1"
     port: int = Field(default=9010, ge=1, le=65535)
     webhook_token: SecretStr | None = None
     query_token: SecretStr | None = None
+    #: The admin listener: /metrics, /estuary/status, /estuary/schema and the web console.
+    #: Loopback by default; ``admin_port: null`` turns it off.
+    admin_host: str = "127.0.0.1"
+    admin_port: int | None = Field(default=9011, ge=1, le=65535)
+    admin_token: SecretStr | None = None
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     max_json_depth: int = Field(default=128, ge=4)
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _listeners_differ(self) -> ServerConfig:
+        if self.admin_port == self.port:
+            raise ValueError(f"server.admin_port {self.admin_port} is server.port too; give the admin "
+                             "listener its own port (or admin_port: null to turn it off)")
+        return self
 
 
 class SpoolConfig(Strict):
@@ -371,6 +384,28 @@ def load_config(file: Path | str, env: Mapping[str, str]) -> WorkerConfig:
     """Read and validate a YAML config file."""
     file = Path(file)
     return parse_config(read_yaml(file), file=file, env=env)
+
+
+def secret_values(config: WorkerConfig) -> list[str]:
+    """Every secret the config holds (for :class:`worker.scrub.Scrubber`)."""
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, SecretStr):
+            if node.get_secret_value():
+                found.append(node.get_secret_value())
+        elif isinstance(node, BaseModel):
+            for k in type(node).model_fields:
+                walk(getattr(node, k))
+        elif isinstance(node, dict):
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, (list, tuple)):
+            for v in node:
+                walk(v)
+
+    walk(config)
+    return found
 
 
 def masked(config: WorkerConfig) -> dict[str, Any]:

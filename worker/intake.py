@@ -10,6 +10,7 @@ it goes to the dead-letter store and the rest are spooled.
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -81,8 +82,10 @@ def parse_body(body: bytes, *, max_depth: int) -> list[dict[str, Any]]:
 
 class Intake:
     def __init__(self, *, bindings: Mapping[str, Binding], spool: Spool, dead_letters: DeadLetterStore,
-                 max_depth: int, redact: Callable[[str, Any], Any] | None = None) -> None:
+                 max_depth: int, redact: Callable[[str, Any], Any] | None = None,
+                 metrics: Any = None) -> None:  # noqa: ANN401 - worker.metrics.Metrics
         self.bindings = bindings
+        self._metrics = metrics
         self._redact = redact  # deadletters.redact: what the dead-letter store keeps of a document
         self.spool = spool
         self.dead_letters = dead_letters
@@ -108,9 +111,15 @@ class Intake:
         seq = None
         if good:
             payload = body if not bad else orjson.dumps(good)
+            started = time.perf_counter()
             seq = self.spool.append(collection, payload, len(good), origin=origin)
+            if self._metrics is not None:
+                self._metrics.spool_append_seconds.observe(time.perf_counter() - started)
         # After the spool: a refused append (SpoolFull, 503) is retried by Estuary with the same
         # body, and dead-lettering first would file its bad documents once per attempt. A crash
         # between the two only makes Estuary resend, which spools duplicates (idempotent).
         self.dead_letters.add_many(bad)  # durable before we answer, like the spool
-        return Accepted(collection, len(docs), len(good), len(bad), seq)
+        accepted = Accepted(collection, len(docs), len(good), len(bad), seq)
+        if self._metrics is not None:
+            self._metrics.on_accepted(accepted)
+        return accepted

@@ -40,6 +40,7 @@ from worker.retrieve import Retriever, engine_query_embedder
 from worker.screen import Screen
 from worker.sinks.base import Sink
 from worker.sinks.registry import SINKS
+from worker.sinks.timed import TimedSink
 from worker.write import SinkWriter, ledger_key
 
 log = logging.getLogger(__name__)
@@ -67,9 +68,9 @@ def build_sinks(config: WorkerConfig, *, only: str | None = None,
         cfg = getattr(config.sinks, name, None)
         if name not in SINKS or cfg is None:
             raise ConfigError(f"sink {name!r} is not configured (sinks.{name})")
-        sinks[name] = SINKS[name].build(cfg, config.retry,
-                                        on_retry=metrics.on_retry(name) if metrics else None)
-        sinks[name].declare_fields(catalog.metadata)
+        built = SINKS[name].build(cfg, config.retry, on_retry=metrics.on_retry(name) if metrics else None)
+        built.declare_fields(catalog.metadata)
+        sinks[name] = TimedSink(built, metrics.on_sink_call(name)) if metrics else built
     return sinks
 
 
@@ -207,9 +208,17 @@ def build_runtime(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
     bindings = {b.collection: Binding(b) for b in config.bindings}
     secret = config.privacy.pseudonym_secret
     screen = Screen(bindings, secret=secret.get_secret_value().encode() if secret is not None else None,
-                    redact_dead_letters=config.deadletters.redact, watch_drift=watch_drift)
+                    redact_dead_letters=config.deadletters.redact, watch_drift=watch_drift,
+                    on_checked=metrics.on_checked if metrics else None)
     if metrics is not None:
+        from worker import __version__
+
         metrics.watch_screen(screen)
+        metrics.watch_engine(lambda: engine.stats, cache)
+        devices = list(config.embedding.devices) or [embedder.device]
+        metrics.watch_gpu(devices)
+        metrics.set_build(version=__version__, model=spec.id, backend=config.embedding.backend,
+                          device=",".join(devices))
     # Several workers may share the sinks (a Kafka consumer group): guard against the sink too.
     shared = bool(config.sources.kafka_sources())
     writers = {name: SinkWriter(name, s, ledger=ledger, dead_letters=dead_letters, engine=engine,
@@ -266,7 +275,7 @@ def build_service(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
                              dimensions=spec.dimensions)
     rt = build_runtime(config, env, embedder=embedder, ensure_sinks=False, metrics=metrics,
                        prepared=prepared, watch_drift=True)
-    intake = Intake(bindings=rt.bindings, spool=spool, dead_letters=rt.dead_letters,
+    intake = Intake(bindings=rt.bindings, spool=spool, dead_letters=rt.dead_letters, metrics=metrics,
                     max_depth=config.server.max_json_depth, redact=rt.screen.dead_letter_raw)
     prepare_loop = PrepareLoop(spool=spool, prepared=prepared, preparer=rt.preparer, retry=config.retry,
                                batch_entries=config.spool.batch_entries,

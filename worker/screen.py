@@ -20,7 +20,7 @@ The valid ratio per collection (:class:`~worker.quality.ValidRatioWindow`, the l
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,8 +55,12 @@ class ScreenCounters:
 class Screen:
     def __init__(self, bindings: Mapping[str, Binding], *, secret: bytes | None,
                  redact_dead_letters: bool = False, count_tokens: Any = None,  # noqa: ANN401
-                 watch_drift: bool = False) -> None:
+                 watch_drift: bool = False,
+                 on_checked: Callable[[str, str | None], None] | None = None) -> None:
         self.bindings = bindings
+        #: ``on_checked(collection, reason)`` per non-delete document: reason None when valid,
+        #: else ``validate``, ``quality`` (dead-lettered) or ``flagged`` (kept with a flag).
+        self._on_checked = on_checked or (lambda collection, reason: None)
         self.maskers: dict[str, Masker] = {}
         self.checkers: dict[str, QualityChecker] = {}
         for collection, binding in bindings.items():
@@ -87,6 +91,7 @@ class Screen:
                 doc, verdict = checked.document, checked.verdict
         except DocumentInvalid as exc:
             self.window.record(collection, False)
+            self._on_checked(collection, "validate")
             return Screened(None, "validate", str(exc), exc.key)
         if verdict is not None and (doc is None or not doc.is_delete):
             self.counters.checked[collection] += 1
@@ -95,10 +100,13 @@ class Screen:
                 self.counters.failed[(collection, rule)] += 1
             if verdict.dead_letter_reason is not None:
                 self.window.record(collection, False)
+                self._on_checked(collection, "quality")
                 return Screened(None, "quality", verdict.dead_letter_reason)
         assert doc is not None
         if not doc.is_delete:  # valid: no rule failed (flagged and trimmed documents are kept)
-            self.window.record(collection, verdict.valid if verdict is not None else True)
+            valid = verdict.valid if verdict is not None else True
+            self.window.record(collection, valid)
+            self._on_checked(collection, None if valid else "flagged")
         masker = self.maskers.get(collection)
         if masker is not None and not doc.is_delete:
             masked = masker.mask_document(doc, raw if isinstance(raw, Mapping) else {})

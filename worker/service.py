@@ -3,6 +3,8 @@
 ::
 
     Estuary --POST /estuary/webhook/{collection}--> Intake --fsync--> Spool
+    (public listener; /metrics, /estuary/status, /estuary/schema and the console are on the
+    admin listener, see worker/admin.py)
     Dekaf ----consumer group------------------------> Intake --------> Spool
     Spool --PrepareLoop (parse, guard, chunk, embed once)--> PreparedStore
     PreparedStore --SinkLoop(local | pinecone | weaviate)--> each sink, at its own pace
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -29,11 +32,12 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
 
 from worker import logs
-from worker.config import WorkerConfig
+from worker.admin import AdminGuard, Listeners, admin_token, login_routes
+from worker.config import WorkerConfig, secret_values
 from worker.delivery import PrepareLoop, SinkLoop
 from worker.errors import BodyTooLarge, RequestInvalid, TransientError, WorkerError, http_status
 from worker.intake import Intake, check_bearer
@@ -42,6 +46,7 @@ from worker.metrics import Metrics
 from worker.prepared import PreparedStore
 from worker.contract import openapi
 from worker.query import parse_request
+from worker.scrub import Scrubber
 from worker.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -74,6 +79,8 @@ class Service:
         self.draining = False
         self._closed = False
         self.retriever = rt.retriever()
+        #: Masks secrets in every string status and the console show (vendor errors echo them).
+        self.scrubber = Scrubber(secret_values(self.config))
         metrics.watch(self.gauges)
 
     @property
@@ -123,19 +130,21 @@ class Service:
                          _secret(self.config.server.webhook_token))
             if self.draining:
                 raise TransientError("the worker is shutting down", retry_after_s=5)
+            started = time.perf_counter()
             body = await _read_body(request, self.config.server.max_body_bytes)
             result = await run_in_threadpool(self.intake.accept, collection, body)
         except WorkerError as exc:
             return self._error(exc)
-        self.metrics.documents_received.labels(collection).inc(result.received)
-        self.metrics.documents_accepted.labels(collection).inc(result.accepted)
-        if result.dead_lettered:
-            self.metrics.documents_dead_lettered.labels("validate").inc(result.dead_lettered)
+        self.metrics.webhook_accept_seconds.observe(time.perf_counter() - started)
         return JSONResponse({"accepted": result.accepted, "dead_lettered": result.dead_lettered,
                              "received": result.received, "seq": result.seq})
 
     async def status(self, request: Request) -> Response:
-        return JSONResponse(await run_in_threadpool(self.status_report))
+        return JSONResponse(await run_in_threadpool(self.public_status))
+
+    def public_status(self) -> dict[str, Any]:
+        """:meth:`status_report` as people may see it: secrets masked in every string."""
+        return self.scrubber.tree(self.status_report())
 
     def _sinks_report(self) -> dict[str, dict[str, Any]]:
         now = time.time()
@@ -159,8 +168,11 @@ class Service:
 
     def gauges(self) -> dict[str, Any]:
         """The numbers /metrics reads at scrape time."""
-        return {"spool": {"depth": self.spool.depth(), "bytes": self.spool.bytes},
-                "prepared": {"bytes": self.prepared.bytes}, "sinks": self._sinks_report()}
+        return {"spool": {"entries": self.spool.depth(), "bytes": self.spool.bytes,
+                          "max_bytes": self.spool.max_bytes},
+                "prepared": {"bytes": self.prepared.bytes, "max_bytes": self.prepared.max_bytes},
+                "dead_letters": self.rt.dead_letters.count(), "draining": self.draining,
+                "sinks": self._sinks_report()}
 
     def status_report(self) -> dict[str, Any]:
         engine = self.rt.engine.stats
@@ -277,7 +289,8 @@ class Service:
     async def openapi_endpoint(self, request: Request) -> Response:
         return JSONResponse(openapi())
 
-    def app(self) -> Starlette:
+    def public_app(self) -> Starlette:
+        """The internet-facing routes: Estuary's webhook, AI Memory V2's queries, probes."""
         webhook = [Route("/estuary/webhook/{collection:path}", self.webhook, methods=["POST"])] \
             if self.config.sources.webhook.enabled else []
         # MCP (streamable HTTP) behind the query token; its session manager runs in the lifespan.
@@ -285,9 +298,6 @@ class Service:
                           host=self.config.server.host)
         return Starlette(lifespan=mcp.lifespan, routes=[
             *webhook,
-            Route("/estuary/status", self.status, methods=["GET"]),
-            Route("/estuary/schema", self.schema, methods=["GET"]),
-            Route("/metrics", self.metrics_endpoint, methods=["GET"]),
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/readyz", self.readyz, methods=["GET"]),
             Route("/query", self.query, methods=["POST"]),
@@ -296,6 +306,31 @@ class Service:
             Route("/openapi.json", self.openapi_endpoint, methods=["GET"]),
             Route("/mcp", mcp),
         ])
+
+    def admin_routes(self) -> list[BaseRoute]:
+        from worker.console import console_routes
+
+        async def home(request: Request) -> Response:
+            return RedirectResponse("/console/", status_code=303)
+
+        return [
+            Route("/", home, methods=["GET"]),
+            Route("/metrics", self.metrics_endpoint, methods=["GET"]),
+            Route("/estuary/status", self.status, methods=["GET"]),
+            Route("/estuary/schema", self.schema, methods=["GET"]),
+            Route("/healthz", self.healthz, methods=["GET"]),
+            *login_routes(admin_token(self.config.server)),
+            Mount("/console", routes=console_routes(self)),
+        ]
+
+    def admin_app(self) -> AdminGuard:
+        """Operators' routes (metrics, status, schema, the console) behind ``server.admin_token``."""
+        return AdminGuard(Starlette(routes=self.admin_routes()), admin_token(self.config.server))
+
+    def app(self, admin_port: int | None = None) -> Listeners:
+        """Both listeners' apps, routed by the port a connection arrived on (``admin_port``: the
+        bound admin port; None serves the public routes only)."""
+        return Listeners(self.public_app(), self.admin_app() if admin_port is not None else None, admin_port)
 
     def close(self) -> None:
         """Close the stores once no loop can touch them (a loop stuck in a sink retry past the
@@ -375,19 +410,39 @@ class _Server(uvicorn.Server):
                          daemon=True).start()
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A bound TCP socket for uvicorn (it listens); port 0 picks a free one."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def run_server(service: Service) -> int:
     """Serve until SIGTERM/SIGINT; exits within ``server.shutdown_timeout_s`` of the signal."""
     config = service.config
     logs.setup(config.log_level, config.log_format)
+    sockets = [listen(config.server.host, config.server.port)]
+    if config.server.admin_port is not None:
+        sockets.append(listen(config.server.admin_host, config.server.admin_port))
     service.start()
-    uv = uvicorn.Config(service.app(), host=config.server.host, port=config.server.port,
-                        log_level="warning", access_log=False, lifespan="on",
+    uv = uvicorn.Config(service.app(config.server.admin_port), log_level="warning", access_log=False,
+                        lifespan="on",
                         timeout_graceful_shutdown=config.server.shutdown_timeout_s * SHUTDOWN_REQUESTS_SHARE)
     server = _Server(uv, service, config.server.shutdown_timeout_s)
     log.info("serving", extra={"host": config.server.host, "port": config.server.port,
+                               "admin": f"{config.server.admin_host}:{config.server.admin_port}"
+                               if config.server.admin_port is not None else "off",
                                "sinks": ",".join(service.rt.sinks), "model": service.rt.spec.id})
     try:
-        server.run()
+        server.run(sockets=sockets)
     finally:
         # What is left of shutdown_timeout_s, less a reserve for closing and exiting (1 s when
         # we stop for another reason).

@@ -257,11 +257,6 @@ class KafkaSource:
                 seq = accepted.seq or 0
                 if accepted.seq is not None:
                     self.counters.spool_entries += 1
-                if self.metrics is not None:
-                    self.metrics.documents_received.labels(collection).inc(accepted.received)
-                    self.metrics.documents_accepted.labels(collection).inc(accepted.accepted)
-                    if accepted.dead_lettered:
-                        self.metrics.documents_dead_lettered.labels("validate").inc(accepted.dead_lettered)
             state.pending.append((seq, offset + 1))  # Kafka's "next to read": the only arithmetic
             state.read = offset + 1
 
