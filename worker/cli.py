@@ -22,6 +22,8 @@ from worker.records import QueryFilter
 from worker.sinks.registry import SINKS
 
 DEFAULT_CONFIG = "configs/local.yaml"
+#: ``--config`` defaults to this variable when set (containers: /etc/memory-worker/config.yaml).
+CONFIG_ENV = "MEMORY_WORKER_CONFIG"
 
 
 def _env() -> dict[str, str]:
@@ -314,8 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
+    default_config = os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+
     def config_arg(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
+        sp.add_argument("--config", default=default_config,
+                        help=f"YAML config (default ${CONFIG_ENV}, else {DEFAULT_CONFIG}; now {default_config})")
 
     sp = sub.add_parser("check", help="validate the config, load the model, check every sink")
     config_arg(sp)

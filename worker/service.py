@@ -39,7 +39,7 @@ from worker import logs
 from worker.admin import AdminGuard, Listeners, admin_token, login_routes
 from worker.config import WorkerConfig, secret_values
 from worker.delivery import PrepareLoop, SinkLoop
-from worker.errors import BodyTooLarge, RequestInvalid, TransientError, WorkerError, http_status
+from worker.errors import BodyTooLarge, ConfigError, RequestInvalid, TransientError, WorkerError, http_status
 from worker.intake import Intake, check_bearer
 from worker.mcp_server import McpEndpoint
 from worker.metrics import Metrics
@@ -420,7 +420,8 @@ def listen(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        raise ConfigError(f"server: cannot listen on {host}:{port}: {exc.strerror}; free the port or "
+                          "change server.port / server.admin_port") from None
     sock.set_inheritable(True)
     return sock
 
