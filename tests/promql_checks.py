@@ -98,10 +98,12 @@ CUDA_ONLY = frozenset(name for name in EXPORTED if name.startswith("memory_worke
 
 @dataclass(frozen=True)
 class Selector:
-    """One vector selector of an expression: its metric name and the labels it matches on."""
+    """One vector selector of an expression: its metric name and label matchers, each as its
+    PromQL text (``sink=~"local"``)."""
 
     name: str | None
-    labels: frozenset[str]
+    matchers: frozenset[str]
+    labels: frozenset[str]  # the labels it matches on
 
 
 def selectors(expr: str) -> list[Selector]:
@@ -113,13 +115,12 @@ def selectors(expr: str) -> list[Selector]:
     def visit(node) -> None:  # noqa: ANN001 - a promql_parser.Expr
         if isinstance(node, promql_parser.VectorSelector):
             name = node.name
-            labels = set()
+            matchers = [m for m in node.matchers.matchers if m.name != "__name__"]
             for m in node.matchers.matchers:
                 if m.name == "__name__" and m.op == promql_parser.MatchOp.Equal:
                     name = name or m.value
-                elif m.name != "__name__":
-                    labels.add(m.name)
-            found.append(Selector(name, frozenset(labels)))
+            found.append(Selector(name, frozenset(str(m) for m in matchers),
+                                  frozenset(m.name for m in matchers)))
 
     promql_parser.walk(promql_parser.parse(expr), visit)
     return found

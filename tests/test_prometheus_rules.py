@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.promql_checks import unguarded_divisions, unknown_references
+from tests.promql_checks import selectors, unguarded_divisions, unknown_references
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = REPO / "deploy" / "prometheus" / "rules.yaml"
@@ -76,15 +76,9 @@ def test_every_alert_has_a_case_that_fires_and_one_that_does_not():
 def test_every_recording_rule_has_its_value_checked():
     tests = yaml.safe_load(RULES_TEST.read_text(encoding="utf-8"))
     checked_exprs = [check["expr"] for case in tests["tests"] for check in case.get("promql_expr_test", [])]
-    read = {name for expr in checked_exprs for name in _names_in(expr)}
+    read = {s.name for expr in checked_exprs for s in selectors(expr)}
     recorded = {rule["record"] for rule in _rules() if "record" in rule}
     assert recorded - read == set()
-
-
-def _names_in(expr: str) -> set[str]:
-    from tests.promql_checks import selectors
-
-    return {s.name for s in selectors(expr)}
 
 
 def test_every_alert_names_its_severity_criterion_and_summary():
