@@ -100,6 +100,23 @@ class Metrics:
         self.query_seconds = Histogram("memory_worker_query_seconds", "POST /query latency",
                                        buckets=CALL_BUCKETS_S, registry=r)
 
+    def declare(self, *, collections: Sequence[str], sinks: Sequence[str], sources: Sequence[str] = ()) -> None:
+        """Every labelled counter's series at 0 from the start: a series that appears only with
+        its first increment hides that increment from ``rate()`` and leaves panels empty."""
+        for c in collections:
+            for counter in (self.documents_received, self.documents_accepted, self.documents_checked):
+                counter.labels(c)
+            for reason in ("validate", "quality", "flagged"):
+                self.documents_invalid.labels(c, reason)
+        stages = ["validate", "quality", "revalidate", "prepare", *(f"sink:{n}" for n in sinks)]
+        if sources:
+            stages.append("decode")
+        for stage in stages:
+            self.documents_dead_lettered.labels(stage)
+        for n in sinks:
+            for counter in (self.upserts, self.deletes, self.retries, self.errors, self.vectors_missing):
+                counter.labels(n)
+
     def set_build(self, *, version: str, model: str, backend: str, device: str) -> None:
         self.build_info.labels(version, model, backend, device).set(1)
 

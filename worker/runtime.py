@@ -217,6 +217,8 @@ def build_runtime(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
         metrics.watch_engine(lambda: engine.stats, cache)
         devices = list(config.embedding.devices) or [embedder.device]
         metrics.watch_gpu(devices)
+        metrics.declare(collections=list(bindings), sinks=list(sinks),
+                        sources=[kind for kind, _ in config.sources.kafka_sources()])
         metrics.set_build(version=__version__, model=spec.id, backend=config.embedding.backend,
                           device=",".join(devices))
     # Several workers may share the sinks (a Kafka consumer group): guard against the sink too.

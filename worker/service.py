@@ -433,6 +433,11 @@ def run_server(service: Service) -> int:
     sockets = [listen(config.server.host, config.server.port)]
     if config.server.admin_port is not None:
         sockets.append(listen(config.server.admin_host, config.server.admin_port))
+    if (config.server.admin_port is not None and admin_token(config.server) is None
+            and config.server.admin_host not in ("127.0.0.1", "::1", "localhost")):
+        log.warning("the admin listener is not on loopback and has no server.admin_token: anyone who "
+                    "reaches it can read status and replay or purge dead letters",
+                    extra={"admin": f"{config.server.admin_host}:{config.server.admin_port}"})
     service.start()
     uv = uvicorn.Config(service.app(config.server.admin_port), log_level="warning", access_log=False,
                         lifespan="on",
