@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 import shlex
 import subprocess
 import sys
@@ -120,7 +121,8 @@ def test_python_311_and_a_cuda_torch_wheel_installed_before_the_package(instruct
     assert "python3.11" in text
     torch_run = next(n for n, r in enumerate(runs) if re.search(r"pip install .*torch", r))
     assert re.search(r"--(extra-)?index-url\s+\S*(download\.pytorch\.org/whl/cu\d+|TORCH_INDEX_URL)", runs[torch_run])
-    package_run = next(n for n, r in enumerate(runs) if re.search(r"pip install (\.|\./?)(\s|$)", r))
+    package_run = next(n for n, r in enumerate(runs)
+                       if re.search(r"pip install (\.|\./?|\"\.\[[a-z,]+\]\")(\s|$)", r))
     assert torch_run < package_run
     args = {i.args.split("=")[0]: i.args.split("=", 1)[1] for i in find(instructions, "ARG") if "=" in i.args}
     if "TORCH_INDEX_URL" in args:
@@ -172,9 +174,16 @@ def test_state_lives_on_a_volume_the_user_owns(instructions):
     assert any(re.search(rf"chown\S*\s+\S+\s+{re.escape(v)}", runs) for v in volumes)
 
 
-def test_exposes_the_service_port(instructions):
+def test_exposes_the_public_and_admin_ports(instructions):
     ports = [p.split("/")[0] for i in find(instructions, "EXPOSE") for p in i.args.split()]
-    assert "9010" in ports
+    assert "9010" in ports and "9011" in ports
+
+
+def test_the_gpu_image_installs_nvml_for_gpu_metrics(instructions):
+    runs = " ".join(i.args for i in find(instructions, "RUN"))
+    assert re.search(r'pip install "\.\[gpu\]"', runs) and "import torch, pynvml" in runs
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(dep.startswith("nvidia-ml-py") for dep in extras["gpu"])
 
 
 def test_healthcheck_probes_healthz_without_curl(instructions):
