@@ -105,12 +105,15 @@ def metric(text: str, name: str) -> float:
 
 def run_once(tree: Path, stream: dict[str, list[dict]], *, sinks: int, workdir: Path) -> dict[str, Any]:
     port = free_port()
+    # Trees from before the admin listener serve status and metrics on the public port.
+    admin = free_port() if "admin_port" in (tree / "worker" / "config.py").read_text() else None
     state = workdir / f"state-{sinks}"
     config: dict[str, Any] = {
         "model": "all-minilm-l6-v2", "models_dir": str(tree / "models"), "state_dir": str(state),
         "bindings": [{"collection": c, "preset": p} for c, (_, p) in COLLECTIONS.items()],
         "embedding": {"device": "cpu", "cache_max_entries": 0},
-        "server": {"webhook_token": TOKEN, "query_token": TOKEN, "port": port, "host": "127.0.0.1"},
+        "server": {"webhook_token": TOKEN, "query_token": TOKEN, "port": port, "host": "127.0.0.1",
+                   **({"admin_port": admin} if admin else {})},
         "retry": {"max_attempts": 8, "initial_backoff_s": 0.05, "max_backoff_s": 0.5},
         "sinks": {"local": {"path": str(workdir / f"lancedb-{sinks}")}},
         "log_level": "warning",
@@ -127,6 +130,7 @@ def run_once(tree: Path, stream: dict[str, list[dict]], *, sinks: int, workdir: 
         proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "run", "--config", str(path)],
                                 cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT)
         http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
+        ops = httpx.Client(base_url=f"http://127.0.0.1:{admin or port}", timeout=120)
         try:
             while True:
                 try:
@@ -143,14 +147,15 @@ def run_once(tree: Path, stream: dict[str, list[dict]], *, sinks: int, workdir: 
                                   headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
                     r.raise_for_status()
             while True:
-                status = http.get("/estuary/status").json()
+                status = ops.get("/estuary/status").json()
                 if all(s["behind_entries"] == 0 for s in status["sinks"].values()):
                     break
                 time.sleep(0.1)
             elapsed = time.perf_counter() - started
-            rows = metric(http.get("/metrics").text, "memory_worker_chunks_embedded_total")
+            rows = metric(ops.get("/metrics").text, "memory_worker_chunks_embedded_total")
         finally:
             http.close()
+            ops.close()
             proc.terminate()
             try:
                 proc.wait(60)

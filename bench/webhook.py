@@ -126,7 +126,7 @@ class Worker:
     def __init__(self, root: Path, *, store: Path, embedding: dict[str, Any],
                  spool: dict[str, Any] | None = None, pass_max_bytes: int | None = None) -> None:
         self.root = root
-        self.port = free_port()
+        self.port, self.admin_port = free_port(), free_port()
         root.mkdir(parents=True, exist_ok=True)
         self.config = root / "worker.yaml"
         self.config.write_text(yaml.safe_dump({
@@ -134,7 +134,8 @@ class Worker:
             "state_dir": str(root / "state"),
             "bindings": [{"collection": c, "preset": p} for c, (_, p) in COLLECTIONS.items()],
             "embedding": embedding,
-            "server": {"host": "127.0.0.1", "port": self.port, "webhook_token": WEBHOOK_TOKEN,
+            "server": {"host": "127.0.0.1", "port": self.port, "admin_port": self.admin_port,
+                       "webhook_token": WEBHOOK_TOKEN,
                        "query_token": QUERY_TOKEN, "shutdown_timeout_s": 60},
             "spool": spool or {},
             "sinks": {"local": {"path": str(store)}},
@@ -144,6 +145,7 @@ class Worker:
         transport = httpx.HTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", transport=transport,
                                  timeout=600)
+        self.admin = httpx.Client(base_url=f"http://127.0.0.1:{self.admin_port}", timeout=600)
         self.log = (root / "worker.log").open("ab")
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         command = [sys.executable, "-m", "worker.cli", "run", "--config", str(self.config)]
@@ -170,11 +172,11 @@ class Worker:
                                        "Content-Type": "application/json"})
 
     def status(self) -> dict[str, Any]:
-        return self.http.get("/estuary/status").json()
+        return self.admin.get("/estuary/status").json()
 
     def metrics(self) -> dict[str, float]:
         out = {}
-        for line in self.http.get("/metrics").text.splitlines():
+        for line in self.admin.get("/metrics").text.splitlines():
             if line and not line.startswith("#"):
                 name, _, value = line.rpartition(" ")
                 out[name] = float(value)
@@ -188,6 +190,7 @@ class Worker:
             self.proc.kill()
             self.proc.wait()
         self.http.close()
+        self.admin.close()
         self.log.close()
 
 
