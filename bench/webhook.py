@@ -124,7 +124,8 @@ def backfill_requests(stream: Path) -> list[tuple[str, bytes, int]]:
 
 class Worker:
     def __init__(self, root: Path, *, store: Path, embedding: dict[str, Any],
-                 spool: dict[str, Any] | None = None, pass_max_bytes: int | None = None) -> None:
+                 spool: dict[str, Any] | None = None, pass_max_bytes: int | None = None,
+                 server: dict[str, Any] | None = None) -> None:
         self.root = root
         self.port, self.admin_port = free_port(), free_port()
         root.mkdir(parents=True, exist_ok=True)
@@ -136,7 +137,7 @@ class Worker:
             "embedding": embedding,
             "server": {"host": "127.0.0.1", "port": self.port, "admin_port": self.admin_port,
                        "webhook_token": WEBHOOK_TOKEN,
-                       "query_token": QUERY_TOKEN, "shutdown_timeout_s": 60},
+                       "query_token": QUERY_TOKEN, "shutdown_timeout_s": 60, **(server or {})},
             "spool": spool or {},
             "sinks": {"local": {"path": str(store)}},
             "log_level": "warning",

@@ -132,6 +132,9 @@ class ServerConfig(Strict):
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     max_json_depth: int = Field(default=128, ge=4)
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
+    #: Nice value of the model, prepare, sink and checkpoint threads (Linux), so the webhook and
+    #: queries are scheduled first on a saturated host; 0 runs everything at one priority.
+    background_nice: int = Field(default=10, ge=0, le=19)
 
     @model_validator(mode="after")
     def _listeners_differ(self) -> ServerConfig:
@@ -146,6 +149,9 @@ class SpoolConfig(Strict):
     #: Entries one prepare pass takes at once (and at most ~1 MiB of bodies).
     batch_entries: int = Field(default=64, ge=1)
     poll_interval_s: float = Field(default=0.05, gt=0)
+    #: WAL checkpoints by a background thread this often, off the append path; null: SQLite's
+    #: automatic checkpoint inside whichever commit crosses 1000 pages (an append, often).
+    checkpoint_interval_s: float | None = Field(default=1.0, gt=0)
 
 
 class PreparedConfig(Strict):

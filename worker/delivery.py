@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from worker import priority
 from worker.configbase import RetryConfig
 from worker.errors import FatalError, TransientError
 from worker.prepare import Preparer
@@ -114,6 +115,7 @@ class PrepareLoop(_Loop):
         self._suspect_failures = 0
 
     def run(self) -> None:
+        priority.background()
         while not self.stopping.is_set():
             if self.prepared.full():  # the slowest sink is a whole budget behind
                 if self.state != "paused":
@@ -211,6 +213,7 @@ class SinkLoop(_Loop):
         self.vectors_missing = 0
 
     def run(self) -> None:
+        priority.background()
         while not self.stopping.is_set():
             try:
                 if not self.ensured:  # at start, and on every re-check of a parked sink

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from worker import priority
 from worker.batch import Queued, TokenBudgetQueue, plan_batches
 from worker.cache import EmbeddingCache
 from worker.errors import ModelError
@@ -254,6 +255,7 @@ class EmbeddingEngine:
 
     # -- collator thread ---------------------------------------------------------------------
     def _collate(self) -> None:
+        priority.background()
         planned: deque[list[Queued]] = deque()
         while True:
             with self._cond:
@@ -281,6 +283,7 @@ class EmbeddingEngine:
 
     # -- inference thread (the only one that touches the model) ------------------------------
     def _infer(self) -> None:
+        priority.background()  # the model's OpenMP threads, started from here, inherit it
         while True:
             work = self._batches.get()
             if work is None:

@@ -125,6 +125,8 @@ class PreparedStore:
         self.dimensions = dimensions
         self._clock = clock
         self._conn = connect(spool.path, synchronous="FULL")
+        if spool.background_checkpoint:  # the spool's checkpointer does it, off the commit path
+            self._conn.execute("PRAGMA wal_autocheckpoint=0")
         self._conn.executescript(_SCHEMA)
         columns = {row[1] for row in self._conn.execute("PRAGMA table_info(prepared)")}
         if "origin" not in columns:

@@ -268,9 +268,13 @@ def build_service(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
     from worker.service import Service
     from worker.spool import Spool
 
+    from worker import priority
+
     metrics = metrics or Metrics()
+    priority.set_background_nice(config.server.background_nice)  # before any loop thread starts
     state = Path(config.state_dir)
-    spool = Spool(state / "spool.sqlite", max_bytes=config.spool.max_bytes)
+    spool = Spool(state / "spool.sqlite", max_bytes=config.spool.max_bytes,
+                  checkpoint_interval_s=config.spool.checkpoint_interval_s)
     spec = embedder.spec if embedder is not None else load_spec(config.model, models_dir=config.models_dir,
                                                                   env=env or {})
     prepared = PreparedStore(spool, sinks=config.sinks.names(), max_bytes=config.prepared.max_bytes,

@@ -134,6 +134,9 @@ class LocalSink:
                                f"vectors but the model makes {dimensions}-d ones; point "
                                "sinks.local.path elsewhere or run `memory-worker reindex` into a new path")
         self._add_columns()
+        # LanceDB's first search starts its background runtime and holds the GIL for ~0.3 s:
+        # pay it here, at start, not inside the first delivery pass beside live webhook traffic.
+        self.fetch_documents(["\x00warm-up"])
 
     def _add_columns(self) -> None:
         have = self._tbl().schema
