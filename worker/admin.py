@@ -90,7 +90,8 @@ class AdminGuard:
 
 
 _LOGIN = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>memory-worker: sign in</title>
-<link rel="stylesheet" href="/console/static/console.css"></head><body class="login">
+<link rel="stylesheet" href="/console/static/console.css">
+<link rel="icon" href="/console/static/favicon.svg" type="image/svg+xml"></head><body class="login">
 <main><h1>memory-worker</h1><p>The admin listener needs its token (<code>server.admin_token</code>).</p>
 {error}<form method="post" action="/login"><input type="hidden" name="next" value="{next}">
 <label>Token <input type="password" name="token" autocomplete="current-password" autofocus required></label>
