@@ -23,6 +23,7 @@ import pytest
 
 from conftest import COLLECTIONS, flow_uuid, load_stream
 import worker.chunk as chunk_module
+import worker.chunk_tokens as chunk_tokens
 from worker.chunk import Chunker
 from worker.config import BindingConfig
 from worker.documents import Binding
@@ -324,9 +325,10 @@ def test_sample_stream_output_is_pinned(embedder, stream_docs, max_tokens, overl
 
 @pytest.mark.parametrize("layout", ["default", "tiny inputs"])
 def test_edge_case_output_is_pinned(embedder, monkeypatch, layout):
-    if layout == "tiny inputs":  # how texts are joined and cut for the tokenizer changes nothing
-        monkeypatch.setattr(chunk_module, "_SEQ_CHARS", 64)
-        monkeypatch.setattr(chunk_module, "_PIECE_CHARS", 64)
+    if layout == "tiny inputs":  # how texts are joined, cut and grouped for the tokenizer
+        monkeypatch.setattr(chunk_tokens, "_SEQ_CHARS", 64)  # changes nothing
+        monkeypatch.setattr(chunk_tokens, "_PIECE_CHARS", 64)
+        monkeypatch.setattr(chunk_module, "_GROUP_CHARS", 1)
     h = hashlib.blake2b(digest_size=16)
     for kind, max_tokens, overlap in HOSTILE_GRID:
         chunker = make_chunker(embedder, max_tokens, overlap)

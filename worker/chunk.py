@@ -15,27 +15,27 @@ the ids of header and units. For WordPiece tokenizers (all specs in ``models/``)
 tokenizing ``prompt + chunk.text`` (a test checks this), so the stored text is what was embedded.
 
 The tokenizer's cost is most of the chunker's (bench/chunker.py), so its batch is laid out for
-it: short texts share one input, joined by line breaks, and long ones are cut into pieces at
-whitespace (``_tokenize``). For a BERT-style tokenizer that changes no id and no offset; each
-text's tokens are then found in the batch by their offsets, which the packing also reads one
-token at a time where it cuts (``_Tokens.span``), so nothing is tokenized twice and no list of
-offsets or token strings is built.
+it and runs beside the packing (``worker.chunk_tokens``): a call's documents are tokenized in
+groups of about ``_GROUP_CHARS`` characters, each by one ``encode_batch`` on a thread of its own
+while this one packs the group before. Windows read a unit's offsets one token at a time, only
+where they cut (``TextTokens.span``), so nothing is tokenized twice and no list of offsets or
+token strings is built.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import json
 import re
-from array import array
-from bisect import bisect_right
+import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from itertools import chain
 
 import orjson
-from tokenizers import Encoding, Tokenizer
+from tokenizers import Tokenizer
 
+from worker.chunk_tokens import (TextTokens, Tokenized, Tokenizing, continuation_ids,
+                                 splits_at_whitespace)
 from worker.records import Chunk, ChunkedDocument, FlowDocument
 
 _FENCE = re.compile(r"^\s{0,3}(```+|~~~+)")
@@ -137,17 +137,16 @@ def digest(data: bytes) -> str:
 # -- the chunker ---------------------------------------------------------------------------------
 
 # ``Chunk.content_hash`` is the digest of the token ids as native int32 (the bytes of a numpy
-# int32 array; the embedding cache and the ledger are keyed by it), written by ``array``.
-_INT32 = next(code for code in "ilq" if array(code).itemsize == 4)
-# How texts become tokenizer inputs (with a tokenizer for which this changes no id and no offset,
-# see ``_splits_at_whitespace``): the tokenizer's cost grows with the number of inputs (~7 µs
-# each) and, per character, with the length of one input (~1.5x at 270k characters), so short
-# texts share an input, joined by line breaks, up to ``_SEQ_CHARS``, and a text longer than
-# ``2 * _PIECE_CHARS`` is cut into pieces of at least ``_PIECE_CHARS`` (one input each), each cut
-# just before a space or line break.
-_SEQ_CHARS = 2048
-_PIECE_CHARS = 2048
-_PIECE_CUT = re.compile(r"[ \n]")
+# int32 array; the embedding cache and the ledger are keyed by it), packed by ``_int32s``.
+@functools.cache
+def _int32s(n: int) -> struct.Struct:
+    return struct.Struct(f"={n}i")
+
+
+# Characters of section text per tokenizer call: a call's first group is tokenized before any
+# packing starts and its last one is packed after the tokenizer is done; smaller groups cost
+# ~0.1 ms more each (a call, a hand-over between threads).
+_GROUP_CHARS = 1 << 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,33 +156,6 @@ class _Header:
     prefix: tuple[int, ...]  # [CLS] prompt header
     text: str
     budget: int  # body tokens a chunk with this header can hold
-
-
-@dataclass(slots=True)
-class _Tokens:
-    """One text's token ids and where its offsets live: one or more runs of tokens of the batch's
-    encodings (a share of an input of joined texts, or the pieces of a long text)."""
-
-    ids: list[int]
-    runs: list[tuple[Encoding, int, int]]  # (encoding, its index of our first token, char shift)
-    firsts: list[int]  # index in ``ids`` of each run's first token
-
-    def span(self, j: int) -> tuple[int, int]:
-        """Character offsets of token ``j`` in the text (what ``Encoding.offsets[j]`` would be
-        had the text been tokenized alone)."""
-        if j < 0:
-            j += len(self.ids)
-        k = 0 if len(self.runs) == 1 else bisect_right(self.firsts, j) - 1
-        enc, first, shift = self.runs[k]
-        start, end = enc.token_to_chars(first + j - self.firsts[k])
-        return start + shift, end + shift
-
-    def tokens(self) -> list[str]:
-        return [t for (enc, first, _), n in zip(self.runs, self._lengths())
-                for t in enc.tokens[first:first + n]]
-
-    def _lengths(self) -> list[int]:
-        return [b - a for a, b in zip(self.firsts, [*self.firsts[1:], len(self.ids)])]
 
 
 class Chunker:
@@ -205,11 +177,42 @@ class Chunker:
         self._sep = sep_id
         self._prompt = tuple(prompt_ids)
         self._fixed = 2 + len(self._prompt)  # [CLS] prompt ... [SEP]
-        self._split = _splits_at_whitespace(tok)
-        self._cont = _continuation_ids(tok)
+        self._split = splits_at_whitespace(tok)
+        self._cont = continuation_ids(tok)
 
     def chunk(self, docs: Sequence[FlowDocument]) -> list[ChunkedDocument]:
-        """Chunk many documents with one tokenizer batch. Deletes yield no chunks."""
+        """Chunk many documents, each text tokenized once. Deletes yield no chunks."""
+        bounds = [0]
+        size = 0
+        for i, doc in enumerate(docs):
+            size += sum(len(s.text) for s in doc.sections)
+            if size >= _GROUP_CHARS:
+                bounds.append(i + 1)
+                size = 0
+        if bounds[-1] < len(docs):
+            bounds.append(len(docs))
+        out: list[ChunkedDocument] = []
+        with Tokenizing(self._tok, splits=self._split, threaded=len(bounds) > 2) as tokenizing:
+            groups = []
+            for a, b in zip(bounds, bounds[1:]):
+                plans, texts = self._plan(docs[a:b])
+                groups.append((plans, tokenizing.submit(texts)))
+            for plans, pending in groups:
+                tokens = pending.result()
+                t = 0  # index of the document's first text in the group
+                for doc, units, lines in plans:
+                    heads = self._headers(doc, lines, tokens, t)
+                    chunks = self._pack(doc, units, tokens, t + len(lines), heads)
+                    t += len(lines) + len(units)
+                    text_hash = digest("".join(c.content_hash for c in chunks).encode())
+                    out.append(ChunkedDocument(doc, tuple(chunks), text_hash, _meta_hash(doc)))
+        return out
+
+    @staticmethod
+    def _plan(docs: Sequence[FlowDocument]) -> tuple[list[tuple[FlowDocument, list[Unit], list[str]]],
+                                                      list[str]]:
+        """Every document's units and header lines, and the texts to tokenize: per document
+        its header lines, then its units."""
         plans: list[tuple[FlowDocument, list[Unit], list[str]]] = []
         texts: list[str] = []
         for doc in docs:
@@ -219,155 +222,84 @@ class Chunker:
             texts += [f"{header}\n{line}" if line else header for line in lines]
             texts += [u.text for u in units]
             plans.append((doc, units, lines))
-        tokens = self._tokenize(texts)
-        out: list[ChunkedDocument] = []
-        cursor = 0
-        for doc, units, lines in plans:
-            headers = dict(zip(lines, tokens[cursor:cursor + len(lines)]))
-            cursor += len(lines)
-            chunks = self._pack(doc, units, tokens[cursor:cursor + len(units)], headers)
-            cursor += len(units)
-            text_hash = digest("".join(c.content_hash for c in chunks).encode())
-            out.append(ChunkedDocument(doc, tuple(chunks), text_hash, _meta_hash(doc)))
-        return out
+        return plans, texts
 
-    def _tokenize(self, texts: list[str]) -> list[_Tokens]:
-        """Every text's tokens, from one ``encode_batch`` (its inputs: see ``_SEQ_CHARS``)."""
-        if not texts:
-            return []
-        if not self._split:
-            encodings = self._tok.encode_batch(texts, add_special_tokens=False)
-            return [_Tokens(enc.ids, [(enc, 0, 0)], [0]) for enc in encodings]
-        # Every text is one part or, cut, several; a part sits in one input, where it starts at
-        # character ``base`` and its text's character ``at`` (0 unless cut).
-        inputs: list[str] = []
-        part_input: list[int] = []
-        part_base: list[int] = []
-        part_at: list[int] = []
-        owner: list[int] = []  # per text: index of its first part
-        joined: list[str] = []
-        size = 0
-        for text in texts:
-            owner.append(len(part_input))
-            cuts = _piece_starts(text) if len(text) > 2 * _PIECE_CHARS else [0]
-            for a, b in zip(cuts, [*cuts[1:], len(text)]):
-                piece = text if len(cuts) == 1 else text[a:b]
-                if joined and size + 1 + len(piece) > _SEQ_CHARS:
-                    inputs.append("\n".join(joined))
-                    joined, size = [], 0
-                base = size + 1 if joined else 0
-                part_input.append(len(inputs))
-                part_base.append(base)
-                part_at.append(a)
-                joined.append(piece)
-                size = base + len(piece)
-        inputs.append("\n".join(joined))
-        owner.append(len(part_input))
-        encodings = self._tok.encode_batch(inputs, add_special_tokens=False)
-        ids_of = [enc.ids for enc in encodings]
-        # Token range of every part: the tokens of the texts joined in one input are those of
-        # each text alone, one after the other, so a part starts at its input's first token that
-        # starts at or after the part's first character, and ends where the next part starts.
-        firsts = [0] * len(part_input)
-        ends = [len(ids_of[i]) for i in part_input]
-        for p in range(1, len(part_input)):
-            i = part_input[p]
-            if i == part_input[p - 1]:
-                firsts[p] = ends[p - 1] = _first_token_at(encodings[i], part_base[p],
-                                                          firsts[p - 1], ends[p])
-        out: list[_Tokens] = []
-        for t in range(len(texts)):
-            if owner[t + 1] == owner[t] + 1:  # the usual case: one part
-                p = owner[t]
-                i = part_input[p]
-                out.append(_Tokens(ids_of[i][firsts[p]:ends[p]],
-                                   [(encodings[i], firsts[p], part_at[p] - part_base[p])], [0]))
-                continue
-            ids: list[int] = []
-            runs: list[tuple[Encoding, int, int]] = []
-            starts: list[int] = []
-            for p in range(owner[t], owner[t + 1]):
-                i = part_input[p]
-                starts.append(len(ids))
-                runs.append((encodings[i], firsts[p], part_at[p] - part_base[p]))
-                ids += ids_of[i][firsts[p]:ends[p]]
-            out.append(_Tokens(ids, runs, starts))
-        return out
-
-    def _headers(self, doc: FlowDocument, headers: dict[str, _Tokens]) -> dict[str, _Header]:
+    def _headers(self, doc: FlowDocument, lines: list[str], tokens: Tokenized,
+                 first: int) -> dict[str, _Header]:
+        """Every header line's ids, text and budget; text ``first + k`` is line ``k``'s."""
         header = header_of(doc)
         cap = self.max_tokens // _MAX_HEADER_FRACTION
         out: dict[str, _Header] = {}
-        for line, toks in headers.items():
-            ids = toks.ids[:cap]
+        starts = tokens.starts
+        for t, line in enumerate(lines, first):
+            a, b = starts[t], starts[t + 1]
+            ids = tokens.ids[a:min(b, a + cap)]
             text = f"{header}\n{line}" if line else header
-            if len(ids) < len(toks.ids):  # header was cut: cut its text to match
-                text = text[: toks.span(len(ids) - 1)[1]]
+            if len(ids) < b - a:  # header was cut: cut its text to match
+                text = text[: tokens.text(t).span(len(ids) - 1)[1]]
             out[line] = _Header((self._cls, *self._prompt, *ids), text,
                                 self.max_tokens - self._fixed - len(ids))
         return out
 
-    def _pack(self, doc: FlowDocument, units: list[Unit], tokens: list[_Tokens],
-              headers: dict[str, _Tokens]) -> list[Chunk]:
-        heads = self._headers(doc, headers)
-        pieces: list[tuple[str, str, list[list[int]]]] = []  # (header line, body text, body ids)
-        cur_line, cur_texts, cur_ids, cur_n = "", [], [], 0
-
-        for unit, toks in zip(units, tokens):
-            ids = toks.ids
-            n = len(ids)
+    def _pack(self, doc: FlowDocument, units: list[Unit], tokens: Tokenized, first: int,
+              heads: dict[str, _Header]) -> list[Chunk]:
+        """The document's chunks; text ``first + k`` of ``tokens`` is unit ``k``'s. A chunk's
+        body is a run of consecutive units, or a window of one, so its ids are one slice of
+        ``tokens.ids``."""
+        pieces: list[tuple[str, str, int, int]] = []  # (header line, body text, body ids a:b)
+        cur_line, cur_texts, cur_a, cur_b = "", [], 0, 0
+        starts = tokens.starts
+        for t, unit in enumerate(units, first):
+            a, b = starts[t], starts[t + 1]
+            n = b - a
             if unit.hard_break and cur_texts:
-                pieces.append((cur_line, "\n".join(cur_texts), cur_ids))
+                pieces.append((cur_line, "\n".join(cur_texts), cur_a, cur_b))
                 cur_texts = []
             if not cur_texts:
                 cur_line = unit.extra
-            elif cur_n + n <= heads[cur_line].budget:
+            elif cur_b - cur_a + n <= heads[cur_line].budget:
                 cur_texts.append(unit.text)
-                cur_ids.append(ids)
-                cur_n += n
+                cur_b = b
                 continue
             else:
-                pieces.append((cur_line, "\n".join(cur_texts), cur_ids))
+                pieces.append((cur_line, "\n".join(cur_texts), cur_a, cur_b))
                 cur_texts = []
                 cur_line = unit.extra
             if n <= heads[cur_line].budget:
-                cur_texts, cur_ids, cur_n = [unit.text], [ids], n
+                cur_texts, cur_a, cur_b = [unit.text], a, b
                 continue
             # A unit longer than a chunk: token windows with overlap, cut at line breaks where
             # possible and never inside a word, so the text re-tokenizes to the same ids.
+            toks = tokens.text(t)
             if self._cont is not None:
-                cont, keys = self._cont, ids
+                cont, keys = self._cont, toks.ids
             else:
-                cont, keys = [t.startswith("##") for t in toks.tokens()], range(n)
-            first = True
+                cont, keys = [s.startswith("##") for s in toks.tokens()], range(n)
+            line = unit.extra
             for start, end in _windows(toks, unit.text, cont, keys, heads, unit.extra, unit.cont,
                                        self.overlap_tokens, ordered=self._split):
-                line = unit.extra if first else unit.cont
-                first = False
                 body = unit.text[toks.span(start)[0]:toks.span(end - 1)[1]]
-                pieces.append((line, body, [ids[start:end]]))
+                pieces.append((line, body, a + start, a + end))
+                line = unit.cont
         if cur_texts:
-            pieces.append((cur_line, "\n".join(cur_texts), cur_ids))
+            pieces.append((cur_line, "\n".join(cur_texts), cur_a, cur_b))
 
         chunks: list[Chunk] = []
-        sep = self._sep
-        for index, (line, body, parts) in enumerate(pieces):
+        ids, sep = tokens.ids, self._sep
+        for index, (line, body, a, b) in enumerate(pieces):
             head = heads[line]
-            if len(parts) == 1:
-                token_ids = (*head.prefix, *parts[0], sep)
-            else:
-                token_ids = (*head.prefix, *chain.from_iterable(parts), sep)
+            token_ids = (*head.prefix, *ids[a:b], sep)
             chunks.append(Chunk(doc.doc_id, index, f"{head.text}\n{body}", token_ids,
-                                digest(array(_INT32, token_ids).tobytes())))
+                                digest(_int32s(len(token_ids)).pack(*token_ids))))
         return chunks
 
 
-def _windows(toks: _Tokens, text: str, cont: Sequence[int], keys: Sequence[int],
+def _windows(toks: TextTokens, text: str, cont: Sequence[int], keys: Sequence[int],
              heads: dict[str, _Header], first_line: str, cont_line: str, overlap: int, *,
              ordered: bool) -> Iterator[tuple[int, int]]:
     """Token windows ``[start, end)`` over one long unit. ``cont[keys[j]]``: token ``j`` is a
     ``##`` word piece (``keys`` are the ids when ``cont`` is indexed by id). ``ordered``: no token
-    holds a line break and tokens follow the text (``_splits_at_whitespace``), so the last line
+    holds a line break and tokens follow the text (``splits_at_whitespace``), so the last line
     break before a window's end tells where to end it without testing every gap between tokens;
     otherwise every gap is tested, from the window's end back."""
     n = len(toks.ids)
@@ -415,65 +347,6 @@ def _windows(toks: _Tokens, text: str, cont: Sequence[int], keys: Sequence[int],
         while nxt < end and cont[keys[nxt]]:
             nxt += 1
         start, line = nxt, cont_line
-
-
-def _first_token_at(enc: Encoding, pos: int, lo: int, hi: int) -> int:
-    """The first token in ``[lo, hi)`` of ``enc`` that starts at or after character ``pos``
-    (``hi`` if none), where every token before it starts before ``pos``."""
-    t = enc.char_to_token(pos)  # usually the text's first character starts its first token
-    if (t is not None and lo <= t < hi and enc.token_to_chars(t)[0] == pos
-            and (t == lo or enc.token_to_chars(t - 1)[0] < pos)):
-        return t
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if enc.token_to_chars(mid)[0] >= pos:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
-
-
-def _piece_starts(text: str) -> list[int]:
-    """Offsets of pieces of ``text`` of at least ``_PIECE_CHARS`` characters; every piece but the
-    first starts with a space or line break."""
-    starts = [0]
-    while True:
-        m = _PIECE_CUT.search(text, starts[-1] + _PIECE_CHARS)
-        if m is None or len(text) - m.start() < _PIECE_CHARS:
-            return starts
-        starts.append(m.start())
-
-
-def _splits_at_whitespace(tok: Tokenizer) -> bool:
-    """True when the tokens of texts joined by a line break are those of each text alone, one
-    after the other (offsets shifted), and the tokens of a text cut just before a space or line
-    break are those of its pieces: a BERT normalizer works character by character (a character
-    it removes joins the kept one before it: the same one in a piece or joined text), a BERT
-    pre-tokenizer ends every word at whitespace, WordPiece works word by word, and no added token
-    contains or strips whitespace. Then, too, no token holds a line break and tokens come in text
-    order (``_windows`` relies on that). Any other tokenizer gets every text as its own input."""
-    config = json.loads(tok.to_str())
-    normalizer = config.get("normalizer")
-    return ((normalizer is None or normalizer.get("type") == "BertNormalizer")
-            and (config.get("pre_tokenizer") or {}).get("type") == "BertPreTokenizer"
-            and config["model"].get("type") == "WordPiece"
-            and all(not (t.get("lstrip") or t.get("rstrip") or t.get("single_word"))
-                    and not any(c.isspace() for c in t["content"])
-                    for t in config.get("added_tokens") or ()))
-
-
-def _continuation_ids(tok: Tokenizer) -> bytearray | None:
-    """``cont[id]``: the token string of ``id`` starts with ``##`` (what ``Encoding.tokens``
-    shows), or None when two strings share an id, so that only the tokens can tell."""
-    strings: dict[int, str] = {}
-    added = ((t.content, i) for i, t in tok.get_added_tokens_decoder().items())
-    for token, i in chain(tok.get_vocab(with_added_tokens=False).items(), added):
-        if strings.setdefault(i, token) != token:
-            return None
-    cont = bytearray(max(strings, default=-1) + 1)
-    for i, token in strings.items():
-        cont[i] = token.startswith("##")
-    return cont
 
 
 def _meta_hash(doc: FlowDocument) -> str:
