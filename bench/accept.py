@@ -18,8 +18,11 @@ Variants switch one contender at a time (``worker/spool.py``, ``worker/priority.
 * ``nice``: model, prepare, sink and checkpoint threads at nice 10;
 * ``after`` (the defaults): both.
 
-Every variant has the spool's own writer connection (it is not switchable: the reader and
-writer split is structural). Rounds interleave the variants so drift in machine load hits all.
+The structural changes (the spool's own writer connection, prepared payloads in their own file,
+``gc.freeze()`` after start-up) are not switchable; ``--before COMMIT`` runs that commit's tree
+(a temporary ``git worktree``) with its own defaults as the true before. Rounds interleave the
+runs so drift in machine load hits all. "CPU" is the worker process's CPU time over the timed
+window ÷ (window × cores): the model saturating the machine reads as ≥ 0.9.
 """
 
 from __future__ import annotations
@@ -48,9 +51,15 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {  # (spool, server
 EMBEDDING_S = "memory_worker_embedding_seconds_total"
 
 
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def one(root: Path, requests: list[tuple[str, bytes, int]], *, spool: dict, server: dict,
-        preload_mib: int, timed: int, device: str) -> dict[str, Any]:
-    worker = Worker(root, store=root / "lancedb", embedding={"device": device}, spool=spool, server=server)
+        preload_mib: int, timed: int, device: str, tree: Path | None = None) -> dict[str, Any]:
+    worker = Worker(root, store=root / "lancedb", embedding={"device": device}, spool=spool, server=server,
+                    tree=tree)
     try:
         big = [r for r in requests if len(r[1]) >= REQUEST_BYTES // 2]
         preload, sent = 0, 0
@@ -65,20 +74,23 @@ def one(root: Path, requests: list[tuple[str, bytes, int]], *, spool: dict, serv
             if time.monotonic() > deadline:
                 raise SystemExit("the model never started on the backlog")
             time.sleep(0.2)
-        base, t0 = worker.metrics().get(EMBEDDING_S, 0.0), time.monotonic()
-        latencies = []
+        base, t0, cpu0 = worker.metrics().get(EMBEDDING_S, 0.0), time.monotonic(), cpu_s(worker.proc.pid)
+        latencies, started_at = [], []
         for i in range(timed):
             collection, body, _ = big[i % len(big)]
+            started_at.append(time.time())
             t = time.perf_counter()
             r = worker.post(collection, body)
             latencies.append(time.perf_counter() - t)
             r.raise_for_status()
         wall = time.monotonic() - t0
+        cpu = (cpu_s(worker.proc.pid) - cpu0) / (wall * os.cpu_count())
         busy = (worker.metrics().get(EMBEDDING_S, 0.0) - base) / wall
         return {"requests": timed, "p50_ms": round(pct(ms(latencies), 50), 1),
                 "p99_ms": round(pct(ms(latencies), 99), 1), "max_ms": round(max(ms(latencies)), 1),
-                "model_busy": round(busy, 2), "window_s": round(wall, 1),
-                "slowest": sorted(((round(v * 1000, 1), i) for i, v in enumerate(latencies)), reverse=True)[:3]}
+                "cpu": round(cpu, 2), "model_busy": round(busy, 2), "window_s": round(wall, 1),
+                "slowest": sorted(((round(v * 1000, 1), i, round(started_at[i], 3))
+                                   for i, v in enumerate(latencies)), reverse=True)[:3]}
     finally:
         worker.stop()
 
@@ -91,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--device", default="cpu")
+    p.add_argument("--before", help="also run this commit's tree with its defaults (git worktree)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
 
@@ -101,17 +114,25 @@ def main(argv: list[str] | None = None) -> int:
     requests = backfill_requests(stream)
     print(f"machine: nproc {os.cpu_count()}, {cpu_model()}; load {Path('/proc/loadavg').read_text().split()[:3]}; "
           f"{len(requests)} requests, {sum(len(b) for _, b, _ in requests) / 2**20:.1f} MiB", flush=True)
-    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
+    names = ([f"commit {args.before}"] if args.before else []) + list(args.variants)
+    old_tree = None
+    if args.before:
+        old_tree = root / "before-tree"
+        subprocess.run(["git", "worktree", "add", "--detach", str(old_tree), args.before], cwd=REPO, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in names}
     for rnd in range(args.rounds):
-        order = args.variants if rnd % 2 == 0 else list(reversed(args.variants))
+        order = names if rnd % 2 == 0 else list(reversed(names))
         for name in order:
-            spool, server = VARIANTS[name]
-            result = one(root / f"{name}-{rnd}", requests, spool=spool, server=server,
-                         preload_mib=args.preload_mib, timed=args.requests, device=args.device)
+            spool, server = VARIANTS.get(name, ({}, {}))
+            result = one(root / f"{name.replace(' ', '-')}-{rnd}", requests, spool=spool, server=server,
+                         preload_mib=args.preload_mib, timed=args.requests, device=args.device,
+                         tree=old_tree if name.startswith("commit ") else None)
             runs[name].append(result)
-            print(f"round {rnd} {name:<11} {json.dumps(result)}", flush=True)
-    summary = {name: {"p99_ms": [r["p99_ms"] for r in rs], "p50_ms": [r["p50_ms"] for r in rs],
-                      "max_ms": [r["max_ms"] for r in rs], "model_busy": [r["model_busy"] for r in rs]}
+            print(f"round {rnd} {name:<14} {json.dumps(result)}", flush=True)
+    if old_tree is not None:
+        subprocess.run(["git", "worktree", "remove", "--force", str(old_tree)], cwd=REPO, check=False)
+    summary = {name: {key: [r[key] for r in rs] for key in ("p50_ms", "p99_ms", "max_ms", "cpu", "model_busy")}
                for name, rs in runs.items()}
     out = {"machine": {"nproc": os.cpu_count(), "cpu": cpu_model(),
                        "loadavg_end": Path("/proc/loadavg").read_text().split()[:3]},

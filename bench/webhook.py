@@ -125,17 +125,23 @@ def backfill_requests(stream: Path) -> list[tuple[str, bytes, int]]:
 class Worker:
     def __init__(self, root: Path, *, store: Path, embedding: dict[str, Any],
                  spool: dict[str, Any] | None = None, pass_max_bytes: int | None = None,
-                 server: dict[str, Any] | None = None) -> None:
+                 server: dict[str, Any] | None = None, tree: Path | None = None) -> None:
+        """``tree``: run another checkout's worker (for before/after benches); default this one."""
         self.root = root
-        self.port, self.admin_port = free_port(), free_port()
+        tree = tree or REPO
+        # Trees from before the admin listener serve status and metrics on the public port.
+        has_admin = "admin_port" in (tree / "worker" / "config.py").read_text()
+        self.port = free_port()
+        self.admin_port = free_port() if has_admin else self.port
         root.mkdir(parents=True, exist_ok=True)
         self.config = root / "worker.yaml"
         self.config.write_text(yaml.safe_dump({
-            "model": "all-minilm-l6-v2", "models_dir": str(REPO / "models"),
+            "model": "all-minilm-l6-v2", "models_dir": str(tree / "models"),
             "state_dir": str(root / "state"),
             "bindings": [{"collection": c, "preset": p} for c, (_, p) in COLLECTIONS.items()],
             "embedding": embedding,
-            "server": {"host": "127.0.0.1", "port": self.port, "admin_port": self.admin_port,
+            "server": {"host": "127.0.0.1", "port": self.port,
+                       **({"admin_port": self.admin_port} if has_admin else {}),
                        "webhook_token": WEBHOOK_TOKEN,
                        "query_token": QUERY_TOKEN, "shutdown_timeout_s": 60, **(server or {})},
             "spool": spool or {},
@@ -148,12 +154,12 @@ class Worker:
                                  timeout=600)
         self.admin = httpx.Client(base_url=f"http://127.0.0.1:{self.admin_port}", timeout=600)
         self.log = (root / "worker.log").open("ab")
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(tree)}
         command = [sys.executable, "-m", "worker.cli", "run", "--config", str(self.config)]
         if pass_max_bytes is not None:  # only for the before/after comparison of the pass bound
             command = [sys.executable, "-c", "import sys, worker.delivery as s; from worker.cli import main; "
                        f"s.PASS_MAX_BYTES = {pass_max_bytes}; sys.exit(main(sys.argv[1:]))", *command[3:]]
-        self.proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(command, cwd=tree, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
         while True:
             if self.proc.poll() is not None:

@@ -224,3 +224,75 @@ def test_an_old_spool_without_origins_is_read_as_webhook_data(tmp_path):
     spool = open_spool(tmp_path)
     [entry] = spool.read(limit=10)
     assert entry.origin == "webhook" and spool.bytes == 3
+
+
+# -- the payload split (accept latency): payloads in their own file, pointers in the spool's -----
+
+def payload_ids(tmp_path) -> list[int]:  # noqa: ANN001
+    other = sqlite3.connect(str(tmp_path / "prepared-payloads.sqlite"))
+    try:
+        return [r[0] for r in other.execute("SELECT id FROM payloads ORDER BY id")]
+    finally:
+        other.close()
+
+
+def test_payloads_live_in_their_own_file_and_leave_with_their_record(tmp_path):
+    spool = open_spool(tmp_path)
+    store = open_store(spool, sinks=("local",))
+    seq = commit(store, spool, record(("1", 1), chunks=3))
+    assert len(payload_ids(tmp_path)) == 1
+    other = sqlite3.connect(str(tmp_path / "spool.sqlite"))
+    try:  # the shared file holds only the pointer
+        assert other.execute("SELECT length(meta) + length(vectors), payload FROM prepared").fetchone() == (0, 1)
+    finally:
+        other.close()
+    assert store.read("local")[0].documents[0].chunks[2].text == "1 chunk 2"
+    store.confirm("local", seq)
+    assert payload_ids(tmp_path) == [] and store.read("local") == []
+
+
+def test_a_payload_a_crash_left_without_its_pointer_is_dropped_at_start(tmp_path):
+    spool = open_spool(tmp_path)
+    store = open_store(spool, sinks=("local",))
+    kept = commit(store, spool, record(("1", 1)))
+    store._store_payload(*encode_record(record(("2", 1))))  # the crash: payload fsynced, no pointer
+    assert len(payload_ids(tmp_path)) == 2
+    store.close()
+    reopened = open_store(spool, sinks=("local",))
+    assert len(payload_ids(tmp_path)) == 1
+    [got] = reopened.read("local")
+    assert got.seq == kept and got.documents[0].document.doc_id == "slack:C1/1"
+
+
+def test_a_failed_pointer_commit_drops_its_payload(tmp_path):
+    spool = open_spool(tmp_path)
+    store = open_store(spool)
+    seq = spool.append(SLACK, body(0), 1)
+    store._conn.execute("CREATE TRIGGER fail_delete BEFORE DELETE ON entries "
+                        "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")
+    with pytest.raises(sqlite3.DatabaseError):
+        store.commit(record(("1", 1)), spool_first=seq, spool_last=seq, received_at=0.0)
+    assert payload_ids(tmp_path) == []
+
+
+def test_a_record_stored_inline_before_the_split_is_still_read(tmp_path):
+    spool = open_spool(tmp_path)
+    store = open_store(spool, sinks=("local",))
+    meta, tokens, vectors = encode_record(record(("7", 3)))
+    store._conn.execute("INSERT INTO prepared (spool_first, spool_last, received_at, created_at, bytes, documents, "
+                        "chunks, meta, tokens, vectors) VALUES (1, 1, 0, 0, 10, 1, 2, ?, ?, ?)",
+                        (meta, tokens, vectors))
+    [got] = store.read("local")
+    assert got.documents[0].document.doc_id == "slack:C1/7" and len(got.vectors) == 2
+
+
+def test_an_append_never_waits_for_a_payload_being_written(tmp_path):
+    """The payload write holds only the payload file; the spool's writer stays free."""
+    import threading
+
+    spool = open_spool(tmp_path)
+    store = open_store(spool)
+    with store._payload_lock:  # a payload write in progress, as long as the test wants
+        done = threading.Event()
+        threading.Thread(target=lambda: (spool.append(SLACK, body(1), 1), done.set()), daemon=True).start()
+        assert done.wait(5), "append waited for the payload write"

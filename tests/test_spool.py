@@ -169,3 +169,69 @@ def test_a_read_stops_at_its_byte_budget_but_always_returns_one_entry(tmp_path):
     assert seqs(spool.read(limit=64)) == s
     release(spool, s[0], s[2])
     assert seqs(spool.read(limit=64, max_bytes=1_000_000)) == s[3:]
+
+
+# -- accept latency: checkpoints off the append path, background threads below the requests ------
+
+def test_with_background_checkpoints_no_append_checkpoints_and_the_wal_is_still_folded(tmp_path):
+    import sqlite3
+    import time
+
+    spool = Spool(tmp_path / "spool.sqlite", max_bytes=1 << 30, checkpoint_interval_s=0.05)
+    try:
+        assert spool._writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        for i in range(12):  # ~12 MiB: SQLite's automatic checkpoint would have run ~3 times
+            spool.append(SLACK, body(i, size=MiB), 1)
+        deadline = time.monotonic() + 10
+        while spool.checkpoints() < 2:
+            assert time.monotonic() < deadline, "the background checkpointer never ran"
+            time.sleep(0.02)
+        probe = sqlite3.connect(str(tmp_path / "spool.sqlite"))
+        try:  # everything committed has been copied into the database file
+            busy, log_frames, done = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        finally:
+            probe.close()
+        assert busy == 0 and done == log_frames
+    finally:
+        spool.close()
+    reopened = open_spool(tmp_path)
+    assert len(reopened.read(limit=20)) == 12  # nothing a checkpoint touched was lost
+
+
+def test_without_the_setting_sqlite_checkpoints_as_usual(tmp_path):
+    spool = open_spool(tmp_path)
+    assert spool._writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+    assert spool.checkpoints() == 0
+
+
+def test_an_append_does_not_wait_for_a_reader(tmp_path):
+    """The prepare loop reading bodies (or a status scrape counting) holds the reader only."""
+    import threading
+
+    spool = open_spool(tmp_path)
+    with spool._read_lock:
+        done = threading.Event()
+        threading.Thread(target=lambda: (spool.append(SLACK, body(1), 1), done.set()), daemon=True).start()
+        assert done.wait(5), "append waited for the reader"
+
+
+def test_background_threads_run_below_the_request_threads(start_worker):
+    """Model, prepare, sink and checkpoint threads at server.background_nice (10); the event
+    loop and the request threads keep the process's priority."""
+    import sys
+    import threading
+
+    from worker.priority import thread_nice
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("per-thread nice is Linux's")
+    base = thread_nice(threading.get_native_id())
+    if base >= 10:
+        pytest.skip(f"the test process already runs at nice {base}")
+    client, _ = start_worker()
+    client.post(SLACK, [slack_doc("20.1", "wakes every loop", at=T0)])
+    client.wait_delivered()
+    by_name = {t.name: t.native_id for t in threading.enumerate()}
+    for name in ("embed-inference", "embed-collator", "prepare", "sink-local", "spool-checkpoint"):
+        assert thread_nice(by_name[name]) >= 10, name
+    assert thread_nice(threading.main_thread().native_id) == base  # and so the request threads

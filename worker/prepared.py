@@ -1,10 +1,18 @@
 """The prepared store: durable prepare-stage output, held until every sink confirmed it.
 
-It lives in the spool's SQLite database (``spool.sqlite``, WAL, ``synchronous=FULL``), on its
-own connection, so that **one transaction** commits a prepared record *and* removes the spool
+Its index lives in the spool's SQLite database (``spool.sqlite``, WAL, ``synchronous=FULL``), on
+its own connection, so that **one transaction** commits a prepared record *and* removes the spool
 entries it covers. A crash before that commit leaves the entries in the spool (they are
 prepared again; with the embedding cache that costs no model time); after it, the record is on
 disk and no sink ever needs the model for it again.
+
+A record's payload (documents, token ids, vectors: megabytes for a 1 MiB request) goes first,
+fsynced, into its own database file (``prepared-payloads.sqlite``), and the shared transaction
+only stores a pointer to it. The webhook's appends share ``spool.sqlite``'s single write lock
+with that transaction, so they wait for a small commit, never for megabytes to reach the disk.
+A crash between the two commits leaves a payload nothing points to; it is dropped at the next
+start. Every writer of ``spool.sqlite`` in the process takes :attr:`Spool.write_lock` first, so
+none of them waits in SQLite's busy handler (which sleeps in steps of up to 100 ms).
 
 Tables (beside the spool's ``entries``):
 
@@ -54,6 +62,11 @@ CREATE TABLE IF NOT EXISTS prepared_docs (
   deleted INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS prepared_state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+_PAYLOAD_SCHEMA = """
+CREATE TABLE IF NOT EXISTS payloads (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, meta BLOB NOT NULL, tokens BLOB NOT NULL, vectors BLOB NOT NULL
+);
 """
 
 _DOC_FIELDS = ("collection", "source", "key", "doc_id", "op", "uuid", "version", "published_at",
@@ -131,9 +144,15 @@ class PreparedStore:
         columns = {row[1] for row in self._conn.execute("PRAGMA table_info(prepared)")}
         if "origin" not in columns:
             self._conn.execute("ALTER TABLE prepared ADD COLUMN origin TEXT NOT NULL DEFAULT 'webhook'")
-        self._lock = threading.Lock()
+        if "payload" not in columns:  # records from before the split keep their data inline
+            self._conn.execute("ALTER TABLE prepared ADD COLUMN payload INTEGER")
+        self._payloads = connect(spool.path.with_name("prepared-payloads.sqlite"), synchronous="FULL")
+        self._payloads.executescript(_PAYLOAD_SCHEMA)
+        self._write = spool.write_lock
+        self._lock = threading.Lock()  # self._conn
+        self._payload_lock = threading.Lock()  # self._payloads
         self._marks = ",".join("?" * len(self.sinks))
-        with self._lock, transaction(self._conn):
+        with self._lock, self._write, transaction(self._conn):
             low = self._conn.execute("SELECT coalesce(min(seq), 0) - 1 FROM prepared").fetchone()[0]
             top = self._conn.execute("SELECT coalesce(max(seq), 0) FROM prepared").fetchone()[0]
             for sink in self.sinks:
@@ -141,6 +160,7 @@ class PreparedStore:
                 self._conn.execute("INSERT OR IGNORE INTO prepared_cursors (sink, seq, updated_at) "
                                    "VALUES (?,?,?)", (sink, max(low, 0) if top else 0, self._clock()))
             self._bytes = self._conn.execute("SELECT coalesce(sum(bytes), 0) FROM prepared").fetchone()[0]
+        self._drop_orphan_payloads()
         self._drop_confirmed()
 
     # -- the prepare side --------------------------------------------------------------------
@@ -156,21 +176,25 @@ class PreparedStore:
         now = self._clock()
         seq = 0
         size = 0
-        with self._lock:
-            with transaction(self._conn, immediate=True):
+        payload = None
+        if record.documents:  # encoded and fsynced with no lock that an append needs
+            meta, tokens, vectors = encode_record(record)
+            size = len(meta) + len(tokens) + len(vectors)
+            payload = self._store_payload(meta, tokens, vectors)
+        try:
+            with self._lock, self._write, transaction(self._conn, immediate=True):
                 if entries is not None and record.documents:
                     held = self._conn.execute("SELECT count(*) FROM entries WHERE seq BETWEEN ? AND ?",
                                               (spool_first, spool_last)).fetchone()[0]
                     if held < entries:
-                        record = PreparedRecord([], {})
+                        record, size = PreparedRecord([], {}), 0
                 if record.documents:
-                    meta, tokens, vectors = encode_record(record)
-                    size = len(meta) + len(tokens) + len(vectors)
                     seq = self._conn.execute(
                         "INSERT INTO prepared (spool_first, spool_last, received_at, created_at, bytes, "
-                        "documents, chunks, meta, tokens, vectors, origin) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                        "documents, chunks, meta, tokens, vectors, origin, payload) "
+                        "VALUES (?,?,?,?,?,?,?,'','','',?,?)",
                         (spool_first, spool_last, received_at, now, size, len(record.documents),
-                         record.chunks, meta, tokens, vectors, origin)).lastrowid
+                         record.chunks, origin, payload)).lastrowid
                     self._conn.executemany(
                         "INSERT INTO prepared_docs VALUES (?,?,?,?,?,?,?) ON CONFLICT(doc_id) DO UPDATE "
                         "SET seq=excluded.seq, version=excluded.version, chunk_count=excluded.chunk_count, "
@@ -185,10 +209,36 @@ class PreparedStore:
                 self._conn.execute("INSERT INTO prepared_state VALUES ('prepared_through', ?) "
                                    "ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
                                    (spool_last,))
-            self._bytes += size
+                self._bytes += size
+        except BaseException:
+            if payload is not None:
+                self._drop_payloads([payload])
+            raise
+        if payload is not None and not seq:  # its entries were purged meanwhile
+            self._drop_payloads([payload])
         self.spool.released(freed)
         record.seq = int(seq or 0)
         return record.seq
+
+    def _store_payload(self, meta: bytes, tokens: bytes, vectors: bytes) -> int:
+        with self._payload_lock:
+            return int(self._payloads.execute("INSERT INTO payloads (meta, tokens, vectors) VALUES (?,?,?)",
+                                              (meta, tokens, vectors)).lastrowid)
+
+    def _drop_payloads(self, ids: Sequence[int]) -> None:
+        with self._payload_lock:
+            for start in range(0, len(ids), 500):
+                part = list(ids[start:start + 500])
+                self._payloads.execute(f"DELETE FROM payloads WHERE id IN ({','.join('?' * len(part))})", part)
+
+    def _drop_orphan_payloads(self) -> int:
+        """Payloads no record points to (a crash between the two commits of :meth:`commit`)."""
+        with self._lock:
+            referenced = {r[0] for r in self._conn.execute("SELECT payload FROM prepared WHERE payload IS NOT NULL")}
+        with self._payload_lock:
+            orphans = [r[0] for r in self._payloads.execute("SELECT id FROM payloads") if r[0] not in referenced]
+        self._drop_payloads(orphans)
+        return len(orphans)
 
     def purge(self, origin_prefix: str) -> int:
         """Drop records whose origin starts with ``origin_prefix``, for every sink (Kafka data
@@ -196,10 +246,10 @@ class PreparedStore:
 
         Hazard: a sink loop writing one of them at this instant finishes that write."""
         with self._lock:
-            with transaction(self._conn):
-                seqs = [r[0] for r in self._conn.execute(
-                    "SELECT seq FROM prepared WHERE substr(origin, 1, ?) = ?",
-                    (len(origin_prefix), origin_prefix))]
+            with self._write, transaction(self._conn):
+                rows = self._conn.execute("SELECT seq, payload FROM prepared WHERE substr(origin, 1, ?) = ?",
+                                          (len(origin_prefix), origin_prefix)).fetchall()
+                seqs = [r[0] for r in rows]
                 if not seqs:
                     return 0
                 marks = ",".join("?" * len(seqs))
@@ -208,6 +258,7 @@ class PreparedStore:
                 self._conn.execute(f"DELETE FROM prepared WHERE seq IN ({marks})", seqs)
                 self._conn.execute(f"DELETE FROM prepared_docs WHERE seq IN ({marks})", seqs)
             self._bytes -= freed
+        self._drop_payloads([r[1] for r in rows if r[1] is not None])
         return len(seqs)
 
     def pending(self, doc_ids: Sequence[str]) -> dict[str, Pending]:
@@ -239,10 +290,16 @@ class PreparedStore:
             cursor = self._conn.execute("SELECT seq FROM prepared_cursors WHERE sink = ?",
                                         (sink,)).fetchone()[0]
             rows = self._conn.execute(
-                "SELECT seq, spool_first, spool_last, received_at, meta, tokens, vectors FROM prepared "
+                "SELECT seq, spool_first, spool_last, received_at, meta, tokens, vectors, payload FROM prepared "
                 "WHERE seq > ? ORDER BY seq LIMIT ?", (cursor, limit)).fetchall()
+        with self._payload_lock:
+            payloads = {r[0]: r[1:] for r in self._payloads.execute(
+                f"SELECT id, meta, tokens, vectors FROM payloads WHERE id IN ({','.join('?' * len(rows))})",
+                [r[7] for r in rows])} if any(r[7] is not None for r in rows) else {}
         records = []
-        for seq, first, last, received_at, meta, tokens, vectors in rows:
+        for seq, first, last, received_at, meta, tokens, vectors, payload in rows:
+            if payload is not None:  # (inline data: a record stored before the payload split)
+                meta, tokens, vectors = payloads[payload]
             record = decode_record(meta, tokens, vectors, dimensions=self.dimensions)
             record.seq, record.spool_first, record.spool_last, record.received_at = seq, first, last, received_at
             records.append(record)
@@ -250,28 +307,31 @@ class PreparedStore:
 
     def confirm(self, sink: str, seq: int) -> None:
         """``sink`` holds every record up to ``seq``; drop what every sink now holds."""
-        with self._lock, transaction(self._conn):
+        with self._lock, self._write, transaction(self._conn):
             self._conn.execute("UPDATE prepared_cursors SET seq = max(seq, ?), updated_at = ?, "
                                "last_error = NULL, error_at = NULL WHERE sink = ?", (seq, self._clock(), sink))
         self._drop_confirmed()
 
     def record_error(self, sink: str, error: str) -> None:
-        with self._lock:
+        with self._lock, self._write:
             self._conn.execute("UPDATE prepared_cursors SET last_error = ?, error_at = ? WHERE sink = ?",
                                (error[:2000], self._clock(), sink))
 
     def _drop_confirmed(self) -> None:
         with self._lock:
-            with transaction(self._conn):
+            with self._write, transaction(self._conn):
                 low = self._conn.execute(f"SELECT min(seq) FROM prepared_cursors WHERE sink IN "
                                          f"({self._marks})", self.sinks).fetchone()[0]
                 if low is None:
                     return
                 freed = self._conn.execute("SELECT coalesce(sum(bytes), 0) FROM prepared WHERE seq <= ?",
                                            (low,)).fetchone()[0]
+                dropped = [r[0] for r in self._conn.execute(
+                    "SELECT payload FROM prepared WHERE seq <= ? AND payload IS NOT NULL", (low,))]
                 self._conn.execute("DELETE FROM prepared WHERE seq <= ?", (low,))
                 self._conn.execute("DELETE FROM prepared_docs WHERE seq <= ?", (low,))
             self._bytes -= freed
+        self._drop_payloads(dropped)
 
     # -- observability -----------------------------------------------------------------------
     @property
@@ -304,5 +364,6 @@ class PreparedStore:
         return min((b.delivered_spool_seq for b in backlogs.values()), default=self.prepared_through())
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._payload_lock:
             self._conn.close()
+            self._payloads.close()

@@ -63,7 +63,9 @@ class Spool:
         if "origin" not in columns:  # a spool written by an older version
             self._writer.execute("ALTER TABLE entries ADD COLUMN origin TEXT NOT NULL DEFAULT 'webhook'")
         self._reader = connect(path, synchronous="FULL")
-        self._write_lock = threading.Lock()  # append, purge
+        #: Every writer of this database file in the process takes it (the prepared store too), so
+        #: none waits in SQLite's busy handler, which sleeps in steps of up to 100 ms.
+        self.write_lock = self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()  # read, counts
         self._bytes_lock = threading.Lock()
         self._clock = clock
