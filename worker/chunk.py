@@ -2,8 +2,8 @@
 
 Each document's text is cut into *units* by a source-specific splitter (speaker turns for calls,
 one message for Slack, headings/paragraphs/fenced code blocks for GitHub markdown, paragraphs for
-plain text). Units are tokenized once, in one batch across all documents, and packed greedily
-into chunks of at most ``max_tokens`` tokens (special tokens, passage prompt and header
+plain text). Units are tokenized once, in one tokenizer call per group of documents, and packed
+greedily into chunks of at most ``max_tokens`` tokens (special tokens, passage prompt and header
 included). A unit longer than that is cut into token windows with ``overlap_tokens`` of overlap.
 A hard break (a heading) always starts a new chunk.
 
@@ -143,10 +143,20 @@ def _int32s(n: int) -> struct.Struct:
     return struct.Struct(f"={n}i")
 
 
-# Characters of section text per tokenizer call: a call's first group is tokenized before any
-# packing starts and its last one is packed after the tokenizer is done; smaller groups cost
-# ~0.1 ms more each (a call, a hand-over between threads).
+# Characters of section text per tokenizer call. A ``chunk`` call's first group is tokenized
+# before any packing starts and its last one is packed after the tokenizer is done, so smaller
+# groups overlap more; each group is one more ``encode_batch`` (waking the tokenizer's threads)
+# and one hand-over between threads.
 _GROUP_CHARS = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class _DocPlan:
+    """A document's units and the header lines its chunks use, in the order of their texts."""
+
+    doc: FlowDocument
+    units: list[Unit]
+    lines: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +169,8 @@ class _Header:
 
 
 class Chunker:
-    """Packs documents into token-bounded chunks; pure apart from the (thread-safe) tokenizer."""
+    """Packs documents into token-bounded chunks; pure apart from the (thread-safe) tokenizer,
+    which a call of more than one group of documents runs on a thread of its own."""
 
     def __init__(self, tokenizer: Tokenizer, *, max_tokens: int, overlap_tokens: int,
                  model_max_tokens: int, cls_id: int, sep_id: int,
@@ -200,20 +211,21 @@ class Chunker:
             for plans, pending in groups:
                 tokens = pending.result()
                 t = 0  # index of the document's first text in the group
-                for doc, units, lines in plans:
-                    heads = self._headers(doc, lines, tokens, t)
-                    chunks = self._pack(doc, units, tokens, t + len(lines), heads)
-                    t += len(lines) + len(units)
+                for plan in plans:
+                    heads = self._headers(plan.doc, plan.lines, tokens, t)
+                    t += len(plan.lines)
+                    chunks = self._pack(plan.doc, plan.units, tokens, t, heads)
+                    t += len(plan.units)
                     text_hash = digest("".join(c.content_hash for c in chunks).encode())
-                    out.append(ChunkedDocument(doc, tuple(chunks), text_hash, _meta_hash(doc)))
+                    out.append(ChunkedDocument(plan.doc, tuple(chunks), text_hash,
+                                               _meta_hash(plan.doc)))
         return out
 
     @staticmethod
-    def _plan(docs: Sequence[FlowDocument]) -> tuple[list[tuple[FlowDocument, list[Unit], list[str]]],
-                                                      list[str]]:
-        """Every document's units and header lines, and the texts to tokenize: per document
-        its header lines, then its units."""
-        plans: list[tuple[FlowDocument, list[Unit], list[str]]] = []
+    def _plan(docs: Sequence[FlowDocument]) -> tuple[list[_DocPlan], list[str]]:
+        """Every document's plan, and the texts to tokenize: per document its header lines
+        (header and line), then its units."""
+        plans: list[_DocPlan] = []
         texts: list[str] = []
         for doc in docs:
             units = [] if doc.is_delete else [u for u in SPLITTERS[doc.chunker](doc) if u.text.strip()]
@@ -221,7 +233,7 @@ class Chunker:
             lines = list({"", *(u.extra for u in units), *(u.cont for u in units)}) if units else []
             texts += [f"{header}\n{line}" if line else header for line in lines]
             texts += [u.text for u in units]
-            plans.append((doc, units, lines))
+            plans.append(_DocPlan(doc, units, lines))
         return plans, texts
 
     def _headers(self, doc: FlowDocument, lines: list[str], tokens: Tokenized,
