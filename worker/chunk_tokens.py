@@ -142,7 +142,7 @@ class Tokenizing:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=exc[0] is not None)
 
-    def submit(self, texts: list[str]) -> _Pending:
+    def submit(self, texts: list[str]) -> PendingTokens:
         """Lay ``texts`` out and queue their ``encode_batch``; returns at once when threaded."""
         layout = _layout(texts) if self._splits else _Layout.one_input_per_text(texts)
         if self._pool is None or not layout.inputs:
@@ -152,11 +152,13 @@ class Tokenizing:
         else:
             encodings = self._pool.submit(self._tok.encode_batch, layout.inputs,
                                           add_special_tokens=False)
-        return _Pending(encodings, layout)
+        return PendingTokens(encodings, layout)
 
 
 @dataclass(slots=True)
-class _Pending:
+class PendingTokens:
+    """A submitted group of texts: :meth:`result` waits for its ``encode_batch``."""
+
     encodings: Future[list[Encoding]]
     layout: _Layout
 
@@ -166,6 +168,7 @@ class _Pending:
 
 
 def _layout(texts: Sequence[str]) -> _Layout:
+    """The texts joined and cut into tokenizer inputs (see ``_SEQ_CHARS``)."""
     out = _Layout([], [], [], [], [])
     inputs, part_input, part_base, part_at = out.inputs, out.part_input, out.part_base, out.part_at
     joined: list[str] = []
