@@ -55,10 +55,13 @@ def make_config(tmp_path: Path, **overrides):
             {"collection": "sophia-ai/slack-messages-enriched", "preset": "slack_message"},
             {"collection": "sophia-ai/github-enriched", "preset": "github_document"},
         ],
-        "embedding": {"device": "cpu", "max_wait_ms": 5},
+        "embedding": {"device": "cpu", "max_wait_ms": 5, "backend": "torch"},
         "server": {"webhook_token": "hook-secret", "query_token": "query-secret"},
         "sinks": {"local": {"path": str(tmp_path / "lancedb")}},
     }
+    if "embedding" in overrides:  # torch unless a test asks for another backend: the default
+        # (auto) quantizes per state dir; tests/test_backends.py covers it
+        overrides = {**overrides, "embedding": {"backend": "torch", **overrides["embedding"]}}
     data.update(overrides)
     return parse_config(data, file=Path("test.yaml"), env={})
 
@@ -225,3 +228,30 @@ def seed_cache(stream_cache: Path, state_dir: Path) -> None:
 
     state_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(stream_cache, state_dir / "embeddings.sqlite")
+
+
+@pytest.fixture(scope="session")
+def openvino_state(tmp_path_factory, embedder, chunker):
+    """A worker state dir whose ``onnx/`` and ``openvino/`` hold the OpenVINO int8 model (and the
+    ONNX export it came from), quantized and accepted by the quality gate once per session.
+    ``openvino_state.choice`` is that build's :class:`worker.backends.BackendChoice`; tests copy
+    the models into their own state dir with :func:`copy_int8_models`, as a restart finds them."""
+    for module in ("openvino", "nncf", "onnx", "onnxscript"):
+        pytest.importorskip(module, reason="the int8 extra is not installed")
+    from types import SimpleNamespace
+
+    from worker.backends import choose_backend
+    from worker.config import EmbeddingConfig
+
+    state = tmp_path_factory.mktemp("openvino") / "state"
+    choice = choose_backend(EmbeddingConfig(backend="openvino"), embedder, chunker, state)
+    return SimpleNamespace(state=state, choice=choice)
+
+
+def copy_int8_models(src_state: Path, state_dir: Path) -> None:
+    """Copy the quantized models (``onnx/``, ``openvino/``) into another state dir, mtimes kept."""
+    import shutil
+
+    for name in ("onnx", "openvino"):
+        if (src_state / name).is_dir():
+            shutil.copytree(src_state / name, state_dir / name, dirs_exist_ok=True)

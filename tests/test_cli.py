@@ -39,6 +39,7 @@ bindings:
     preset: github_document
 embedding:
   device: cpu
+  backend: torch
   max_wait_ms: 5
 server:
   webhook_token: ${{TEST_HOOK_TOKEN:-hook-s3cret-default}}
@@ -217,6 +218,7 @@ def test_check_prints_a_masked_summary_and_exits_0(workspace):
     output = proc.stdout + proc.stderr
     assert f"config  {config}: valid" in proc.stdout
     assert "model   all-minilm-l6-v2: 384-d" in proc.stdout
+    assert "backend torch float32 (embedding.backend: torch): configured" in proc.stdout
     assert "sink    local: ok" in proc.stdout
     assert '"webhook_token": "***"' in proc.stdout and '"query_token": "***"' in proc.stdout
     for secret in (HOOK_SECRET, DEFAULT_SECRET, "hook-s3cret-default"):
@@ -231,6 +233,24 @@ def test_check_json_counts_the_records(workspace):
     assert report["ok"] is True and report["model"]["dimensions"] == 384
     assert report["sinks"]["local"]["records"] > 1000
     assert DEFAULT_SECRET not in out
+
+
+def test_check_says_which_backend_auto_picked_and_why(tmp_path, openvino_state):
+    from conftest import copy_int8_models
+
+    config = tmp_path / "auto.yaml"
+    config.write_text(CONFIG.format(models=REPO / "models", root=tmp_path, default_secret=DEFAULT_SECRET)
+                      .replace("backend: torch", "backend: auto"))
+    copy_int8_models(openvino_state.state, tmp_path / "state")  # what an earlier run left
+    rc, out, err = cli("check", "--config", str(config))
+    assert rc == 0, err
+    line = next(x for x in out.splitlines() if x.startswith("backend "))
+    assert line.startswith("backend openvino int8-static (embedding.backend: auto): auto on cpu: fastest")
+    assert "passed the quality gate: mean cosine 0.9" in line and "over 96 chunks" in line
+    rc, out, _ = cli("check", "--config", str(config), "--json")
+    backend = json.loads(out)["backend"]
+    assert backend["requested"] == "auto" and backend["backend"] == "openvino"
+    assert backend["gate"]["chunks"] == 96 and backend["gate"]["min_cosine"] >= 0.97
 
 
 def test_check_with_a_secret_in_an_unreachable_sink_never_prints_it(tmp_path):

@@ -130,7 +130,7 @@ def test_kill_9_between_prepare_and_write_embeds_nothing_twice(tmp_path, emulato
     cfg = write_config(tmp_path, port=port, embedding={"device": "cpu", "cache_max_entries": 0})
     data = __import__("yaml").safe_load(cfg.read_text())
     data.update(sinks=sinks, retry={"max_attempts": 2, "initial_backoff_s": 0.01, "max_backoff_s": 0.05},
-                embedding={"device": "cpu", "max_wait_ms": 5, "cache_max_entries": 0})
+                embedding={"device": "cpu", "max_wait_ms": 5, "cache_max_entries": 0, "backend": "torch"})
     cfg.write_text(__import__("yaml").safe_dump(data))
     pc.faults.add(op="upsert", kind="503", rate=1.0)  # pinecone refuses every write
 

@@ -2,7 +2,8 @@
 
 The worker never lets sentence-transformers tokenize passages: it feeds the chunker's ids to the
 model's modules directly. These tests pin that shortcut to the library's own ``encode``, and the
-optional int8 backend to float32. CUDA-only branches are checked as logic (no GPU here).
+int8 quality bar (the int8 backends themselves: test_embed_onnx.py, test_embed_openvino.py).
+CUDA-only branches are checked as logic (no GPU here).
 """
 
 from __future__ import annotations
@@ -141,35 +142,3 @@ def test_int8_quality_bar_accepts_close_vectors_and_refuses_drifting_ones():
     assert not refused.accepted and refused.min_cosine < INT8_MIN_COSINE
     with pytest.raises(ModelError):
         check_int8_quality(reference, close[:10])
-
-
-def test_onnx_int8_backend_is_refused_when_the_spec_does_not_allow_it(embedder, tmp_path):
-    from worker.embed import OnnxInt8Embedder
-
-    class NoInt8:
-        spec = embedder.spec.model_copy(update={"int8_backends": ()})
-        device, dtype = "cpu", "float32"
-
-    with pytest.raises(ModelError, match="does not allow"):
-        OnnxInt8Embedder.build(NoInt8(), tmp_path)  # type: ignore[arg-type]
-
-
-def test_onnx_int8_backend_meets_the_quality_bar_on_sample_chunks(embedder, sample_chunks, tmp_path):
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
-    from worker.embed import OnnxInt8Embedder
-
-    int8 = OnnxInt8Embedder.build(embedder, tmp_path)
-    ids = [c.token_ids for c in sample_chunks]
-    quality = check_int8_quality(embedder.embed_ids(ids), int8.embed_ids(ids))
-    assert quality.accepted
-    # Kept on disk: a restart loads the quantized file instead of exporting again.
-    files = sorted(p.name for p in tmp_path.rglob("*.onnx"))
-    assert files == ["model-fp32.onnx", "model-int8.onnx"]
-    again = OnnxInt8Embedder.build(embedder, tmp_path)
-    assert again.model_path == int8.model_path
-    # Dynamic quantization scales activations per batch, so int8 vectors depend slightly on the
-    # batch they were in; through the engine (other batches) they still meet the bar.
-    with EmbeddingEngine(again, max_batch_tokens=2048, max_wait_ms=1) as engine:
-        through_engine = engine.embed(sample_chunks)
-    assert check_int8_quality(embedder.embed_ids(ids), through_engine).accepted

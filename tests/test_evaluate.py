@@ -36,6 +36,7 @@ bindings:
     preset: github_document
 embedding:
   device: cpu
+  backend: torch
   max_wait_ms: 5
 server:
   webhook_token: hook-secret

@@ -319,7 +319,7 @@ def test_config_defaults_to_MEMORY_WORKER_CONFIG(tmp_path):
     config = tmp_path / "from-env.yaml"
     config.write_text(f"model: all-minilm-l6-v2\nmodels_dir: {REPO / 'models'}\nstate_dir: {tmp_path}/s\n"
                       f"bindings:\n  - collection: {SLACK}\n    preset: slack_message\n"
-                      f"embedding:\n  device: cpu\nsinks:\n  local:\n    path: {tmp_path}/db\n")
+                      f"embedding:\n  device: cpu\n  backend: torch\nsinks:\n  local:\n    path: {tmp_path}/db\n")
     used = memory_worker("check", env={"MEMORY_WORKER_CONFIG": str(config)})
     assert used.returncode == 0, used.stderr
     assert f"config  {config}: valid" in used.stdout

@@ -26,20 +26,14 @@ def test_a_cpu_budget_left_unset_uses_the_small_cpu_default(tmp_path, runtime_fa
 
 def test_int8_backend_is_used_only_after_passing_the_quality_check(tmp_path, runtime_factory, chunker):
     pytest.importorskip("onnxruntime", reason="the int8 extra (onnx, onnxruntime) is not installed")
-    from worker.embed import OnnxInt8Embedder
-    from worker.runtime import int8_calibration_chunks
+    from worker.backends import int8_calibration_chunks
+    from worker.embed_onnx import OnnxInt8Embedder
 
     rt = runtime_factory(make_config(tmp_path, embedding={"backend": "onnx", "max_wait_ms": 5}))
     assert isinstance(rt.engine.backend, OnnxInt8Embedder)
-    sample = int8_calibration_chunks(rt.config, chunker)[:8]
+    assert rt.backend.backend == "onnx" and rt.backend.quality.accepted
+    sample = int8_calibration_chunks(chunker)[:8]
     ref = rt.embedder.embed_ids([c.token_ids for c in sample])
     got = rt.engine.embed(sample, use_cache=False)
     cos = np.sum(ref * got, axis=1)
     assert cos.min() >= 0.97
-
-
-def test_openvino_is_refused_with_a_clear_error(tmp_path, runtime_factory):
-    from worker.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="openvino"):
-        runtime_factory(make_config(tmp_path, embedding={"backend": "openvino"}))

@@ -233,7 +233,7 @@ def write_config(tmp_path: Path, *, port: int, name: str = "worker.yaml", **over
         "models_dir": str(config.models_dir),
         "state_dir": str(config.state_dir),
         "bindings": [b.model_dump(exclude_defaults=True) for b in config.bindings],
-        "embedding": {"device": "cpu", "max_wait_ms": 5},
+        "embedding": {"device": "cpu", "max_wait_ms": 5, "backend": "torch"},
         "server": {"webhook_token": WEBHOOK_TOKEN, "query_token": QUERY_TOKEN, "port": port,
                    "host": "127.0.0.1", "admin_port": free_port(), **overrides.get("server", {})},
         "spool": overrides.get("spool", {}),

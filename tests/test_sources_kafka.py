@@ -553,7 +553,7 @@ class WorkerProcess:
             "bindings": [{"collection": "sophia-ai/gong-calls-enriched", "preset": "gong_call"},
                          {"collection": "sophia-ai/slack-messages-enriched", "preset": "slack_message"},
                          {"collection": "sophia-ai/github-enriched", "preset": "github_document"}],
-            "embedding": {"device": "cpu", "max_wait_ms": 5, "cpu_threads": 1},
+            "embedding": {"device": "cpu", "max_wait_ms": 5, "cpu_threads": 1, "backend": "torch"},
             "server": {"port": self.port, "admin_port": self.admin_port, "webhook_token": "w", "query_token": "q",
                        "shutdown_timeout_s": 20},
             "sinks": {"local": {"path": str(lancedb)}},

@@ -37,13 +37,20 @@ def _config(args: argparse.Namespace) -> WorkerConfig:
 # -- commands ----------------------------------------------------------------------------------
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from worker.runtime import build_sinks, load_model
+    from worker.backends import choose_backend
+    from worker.runtime import build_chunker, build_sinks, load_model
 
     config = _config(args)
     out: dict[str, Any] = {"config": str(args.config), "settings": masked(config)}
     spec, embedder = load_model(config, _env())
     out["model"] = {"id": spec.id, "dimensions": spec.dimensions, "max_seq_tokens": spec.max_seq_tokens,
                     "device": embedder.device, "dtype": embedder.dtype}
+    # The same choice `run` makes, quality gate included; an int8 model quantized here is cached
+    # in the state dir, so the next `run` only loads it.
+    state = Path(config.state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    out["backend"] = choose_backend(config.embedding, embedder, build_chunker(config, spec, embedder),
+                                    state).as_json()
     ok = True
     sinks_out = {}
     for name, sink in build_sinks(config).items():
@@ -79,6 +86,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         m = out["model"]
         print(f"model   {m['id']}: {m['dimensions']}-d, max {m['max_seq_tokens']} tokens, "
               f"{m['device']} {m['dtype']}")
+        b = out["backend"]
+        print(f"backend {b['backend']} {b['precision']} (embedding.backend: {b['requested']}): {b['reason']}")
         for b in config.bindings:
             print(f"binding {b.collection} -> {b.preset or 'generic'}")
         for name, s in sinks_out.items():

@@ -109,7 +109,9 @@ class EmbeddingConfig(Strict):
     device: str = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
     #: One engine per listed device (several GPUs on one host); empty = just ``device``.
     devices: tuple[Annotated[str, Field(pattern=r"^(cpu|mps|cuda(:\d+)?)$")], ...] = ()
-    backend: Literal["torch", "onnx", "openvino"] = "torch"
+    #: auto: int8 OpenVINO on CPU when installed and passing the quality gate, else torch
+    #: (worker/backends.py); torch, onnx or openvino to choose.
+    backend: Literal["auto", "torch", "onnx", "openvino"] = "auto"
     max_batch_tokens: int = Field(default=16384, ge=256)
     max_wait_ms: int = Field(default=50, ge=0)
     cpu_threads: int | None = Field(default=None, ge=1)

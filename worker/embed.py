@@ -11,9 +11,10 @@ with the query prompt.
   unpads the batch), else SDPA; inputs are built in pinned host memory by :meth:`prepare` (on the
   engine's collator thread) and copied without blocking by :meth:`embed_prepared`.
 
-:class:`OnnxInt8Embedder` is the optional CPU int8 backend: the same model exported to ONNX here
-(no hub download), weights quantized to int8 per channel, run by ONNX Runtime. It is only offered
-after :func:`check_int8_quality` accepts it against float32 on real chunks.
+The optional CPU int8 backends are built from this float32 model: ONNX Runtime in
+``worker/embed_onnx.py``, OpenVINO in ``worker/embed_openvino.py``. Which backend runs is decided
+in ``worker/backends.py``, and an int8 one only after :func:`check_int8_quality` accepts it
+against float32 on real chunks.
 
 Only the engine's inference thread calls ``embed_prepared``/``embed_ids``; backends are not
 thread-safe. ``prepare`` is pure and may run on another thread.
@@ -274,113 +275,3 @@ def check_int8_quality(reference: np.ndarray, candidate: np.ndarray, *, raise_if
                          f"(needs ≥ {INT8_MIN_MEAN_COSINE}), min {quality.min_cosine:.4f} (needs ≥ "
                          f"{INT8_MIN_COSINE}) over {quality.chunks} chunks; use backend: torch")
     return quality
-
-
-class _SentenceEmbedding:  # torch.nn.Module built lazily (torch is imported lazily)
-    @staticmethod
-    def build(model: Any) -> Any:
-        import torch
-
-        class SentenceEmbedding(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
-
-            def forward(self, input_ids, attention_mask, token_type_ids):  # noqa: ANN001, ANN202
-                features = {"input_ids": input_ids, "attention_mask": attention_mask,
-                            "token_type_ids": token_type_ids}
-                return self.model(features)["sentence_embedding"]
-
-        return SentenceEmbedding().eval()
-
-
-class OnnxInt8Embedder:
-    """ONNX Runtime, int8 weights (dynamic, per-channel quantization), CPU only.
-
-    Built from a loaded float32 :class:`Embedder` by :meth:`build`: export to ONNX with torch's
-    exporter, quantize with ``onnxruntime.quantization``; both files are kept in ``directory``
-    (keyed by the spec's fingerprint), so a restart only loads them. Needs the optional packages
-    ``onnx``, ``onnxruntime`` and ``onnxscript`` (the ``int8`` extra); sentence-transformers' own
-    ``backend="onnx"`` needs ``optimum``, which pins transformers below 5.
-    """
-
-    dtype = "int8"
-    device = "cpu"
-
-    def __init__(self, model_path: Path, *, reference: Embedder, cpu_threads: int | None = None) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise ModelError("backend onnx needs onnxruntime: pip install 'ai-memory-worker[int8]'") from exc
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = cpu_threads_for(cpu_threads, available_cores())
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle threads sleep instead of spinning: chunking and sink writes share these cores.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-        self.model_path = model_path
-        self.spec = reference.spec
-        self.info = reference.info
-        self.tokenizer = reference.tokenizer
-        self.query_ids = reference.query_ids
-
-    @classmethod
-    def build(cls, reference: Embedder, directory: Path, *, cpu_threads: int | None = None
-              ) -> OnnxInt8Embedder:
-        if reference.device != "cpu" or reference.dtype != "float32":
-            raise ModelError("the int8 backend is exported from a float32 CPU model")
-        if "onnx" not in reference.spec.int8_backends:
-            raise ModelError(f"model {reference.spec.id} does not allow the onnx int8 backend "
-                             "(int8_backends in its spec)")
-        directory = Path(directory) / reference.spec.fingerprint.replace("@", "-")
-        int8_path = directory / "model-int8.onnx"
-        if not int8_path.is_file():
-            try:
-                import torch
-                from onnxruntime.quantization import QuantType, quantize_dynamic
-            except ImportError as exc:
-                raise ModelError("backend onnx needs onnx, onnxruntime and onnxscript: "
-                                 "pip install 'ai-memory-worker[int8]'") from exc
-            directory.mkdir(parents=True, exist_ok=True)
-            fp32_path = directory / "model-fp32.onnx"
-            module = _SentenceEmbedding.build(reference.model)
-            example = reference.prepare([[reference.info.cls_id, 2000, 2001, reference.info.sep_id]] * 2)
-            batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
-            names = ("input_ids", "attention_mask", "token_type_ids")
-            log.info("exporting model to onnx", extra={"model": reference.spec.id, "path": str(fp32_path)})
-            torch.onnx.export(module, tuple(example[n] for n in names), str(fp32_path),
-                              input_names=list(names), output_names=["sentence_embedding"],
-                              dynamic_shapes={n: {0: batch, 1: seq} for n in names},
-                              dynamo=True, external_data=False, verbose=False)
-            # Written under a temporary name first: a crash mid-write must not leave a file that
-            # a restart would load as if it were complete.
-            partial = directory / "model-int8.onnx.partial"
-            quantize_dynamic(str(fp32_path), str(partial), per_channel=True,
-                             weight_type=QuantType.QInt8)
-            partial.replace(int8_path)
-        return cls(int8_path, reference=reference, cpu_threads=cpu_threads)
-
-    @property
-    def dimensions(self) -> int:
-        return self.spec.dimensions
-
-    def prepare(self, batch: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
-        input_ids, mask = padded_arrays(batch, self.info.pad_id)
-        return {"input_ids": input_ids, "attention_mask": mask,
-                "token_type_ids": np.zeros_like(input_ids)}
-
-    def embed_prepared(self, feed: dict[str, np.ndarray]) -> np.ndarray:
-        out = self._session.run(None, feed)[0].astype(np.float32, copy=False)
-        if self.spec.normalize:
-            out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-        return out
-
-    def embed_ids(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
-        return self.embed_prepared(self.prepare(batch))
-
-    def release_memory(self) -> None:
-        pass
-
-    def embed_query(self, text: str) -> np.ndarray:
-        return self.embed_ids([self.query_ids(text)])[0]

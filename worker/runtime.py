@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from worker.backends import BackendChoice, choose_backend
 from worker.cache import EmbeddingCache
 from worker.chunk import Chunker
-from worker.config import BindingConfig, WorkerConfig
+from worker.config import WorkerConfig
 from worker.deadletter import DeadLetterStore
 from worker.documents import Binding
 from worker.embed import Embedder
@@ -74,56 +75,23 @@ def build_sinks(config: WorkerConfig, *, only: str | None = None,
     return sinks
 
 
-#: Chunks of the sample stream used to check an int8 backend against float32 before use.
-INT8_CALIBRATION_CHUNKS = 96
-
-
-def int8_calibration_chunks(config: WorkerConfig, chunker: Chunker) -> list:
-    """Chunks from the sample Estuary stream in ``examples/stream`` (the repo's, or ./examples)."""
-    import orjson
-
-    from worker.modelspec import default_models_dir
-
-    stream = default_models_dir().parent / "examples" / "stream"
-    presets = {"gong-calls-enriched.jsonl": "gong_call", "slack-messages-enriched.jsonl": "slack_message",
-               "github-enriched.json": "github_document"}
-    chunks = []
-    for name, preset in presets.items():
-        path = stream / name
-        if not path.is_file():
-            continue
-        data = path.read_bytes()
-        raws = orjson.loads(data) if name.endswith(".json") else [orjson.loads(x) for x in data.splitlines() if x.strip()]
-        binding = Binding(BindingConfig(collection=name, preset=preset))
-        docs = [binding.parse(r) for r in raws]
-        for cd in chunker.chunk(docs):
-            chunks.extend(cd.chunks[:4])
-    if not chunks:
-        raise ConfigError(f"embedding.backend onnx is checked against float32 on the sample stream, "
-                          f"but {stream} has none; use backend: torch")
-    step = max(1, len(chunks) // INT8_CALIBRATION_CHUNKS)
-    return chunks[::step][:INT8_CALIBRATION_CHUNKS]
+def build_chunker(config: WorkerConfig, spec: ModelSpec, embedder: Embedder) -> Chunker:
+    return Chunker(embedder.tokenizer, max_tokens=config.chunking.max_tokens,
+                   overlap_tokens=config.chunking.overlap_tokens, model_max_tokens=spec.max_seq_tokens,
+                   cls_id=embedder.info.cls_id, sep_id=embedder.info.sep_id,
+                   prompt_ids=embedder.info.passage_prompt_ids)
 
 
 def build_backends(config: WorkerConfig, embedder: Embedder, chunker: Chunker,
-                   env: Mapping[str, str], state: Path) -> list:
-    """One model backend per configured device; int8 only after it passed the quality check."""
-    emb = config.embedding
-    if emb.backend == "openvino":
-        raise ConfigError("embedding.backend openvino is not available in this build; use torch or onnx")
-    if emb.backend == "onnx":
-        from worker.embed import OnnxInt8Embedder, check_int8_quality
-
-        int8 = OnnxInt8Embedder.build(embedder, state / "onnx", cpu_threads=emb.cpu_threads)
-        sample = [c.token_ids for c in int8_calibration_chunks(config, chunker)]
-        quality = check_int8_quality(embedder.embed_ids(sample), int8.embed_ids(sample))
-        log.info("int8 backend accepted", extra={"chunks": quality.chunks,
-                                                 "mean_cosine": round(quality.mean_cosine, 4),
-                                                 "min_cosine": round(quality.min_cosine, 4)})
-        return [int8]
+                   env: Mapping[str, str], state: Path) -> tuple[BackendChoice, list]:
+    """The backend choice (worker/backends.py) and one model backend per engine: the int8 one,
+    or torch on each configured device."""
+    choice = choose_backend(config.embedding, embedder, chunker, state)
+    if choice.model is not embedder:
+        return choice, [choice.model]
     # embedding.devices: the first is the loaded embedder's, one more engine per further device.
-    return [embedder, *(Embedder(embedder.spec, device=d, cpu_threads=emb.cpu_threads, env=env)
-                        for d in emb.devices[1:])]
+    return choice, [embedder, *(Embedder(embedder.spec, device=d, cpu_threads=config.embedding.cpu_threads,
+                                         env=env) for d in config.embedding.devices[1:])]
 
 
 @dataclass
@@ -142,6 +110,7 @@ class Runtime:
     pipeline: Pipeline
     screen: Screen
     bindings: dict[str, Binding] = field(default_factory=dict)
+    backend: BackendChoice | None = None
 
     def retriever(self) -> Retriever:
         """Queries over these sinks, embedded through the engine (priority over ingest)."""
@@ -192,11 +161,8 @@ def build_runtime(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
         cache = EmbeddingCache(state / "embeddings.sqlite", fingerprint=spec.fingerprint,
                                dimensions=spec.dimensions,
                                max_entries=config.embedding.cache_max_entries)
-    chunker = Chunker(embedder.tokenizer, max_tokens=config.chunking.max_tokens,
-                      overlap_tokens=config.chunking.overlap_tokens,
-                      model_max_tokens=spec.max_seq_tokens, cls_id=embedder.info.cls_id,
-                      sep_id=embedder.info.sep_id, prompt_ids=embedder.info.passage_prompt_ids)
-    backends = build_backends(config, embedder, chunker, env, state)
+    chunker = build_chunker(config, spec, embedder)
+    choice, backends = build_backends(config, embedder, chunker, env, state)
     engine = build_engine(config.embedding, backends, max_seq_tokens=spec.max_seq_tokens, cache=cache,
                           on_batch=metrics.on_batch if metrics else None)
     dead_letters = DeadLetterStore(state / "dead_letters.sqlite")
@@ -219,7 +185,7 @@ def build_runtime(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
         metrics.watch_gpu(devices)
         metrics.declare(collections=list(bindings), sinks=list(sinks),
                         sources=[kind for kind, _ in config.sources.kafka_sources()])
-        metrics.set_build(version=__version__, model=spec.id, backend=config.embedding.backend,
+        metrics.set_build(version=__version__, model=spec.id, backend=choice.backend,
                           device=",".join(devices))
     # Several workers may share the sinks (a Kafka consumer group): guard against the sink too.
     shared = bool(config.sources.kafka_sources())
@@ -236,7 +202,7 @@ def build_runtime(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
                         if metrics else None)
     pipeline = Pipeline(preparer, writers)
     return Runtime(config, spec, embedder, engine, chunker, sinks, ledger, dead_letters, cache,
-                   preparer, writers, pipeline, screen, bindings)
+                   preparer, writers, pipeline, screen, bindings, choice)
 
 
 def build_retriever(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
