@@ -21,8 +21,19 @@ CPU methods (float32 torch unless said):
   32 and the best of ``--st-batch-sizes`` (picked on a calibration sample, interleaved).
 * ``engine_16384``: the engine at the config default budget (the "before").
 * ``engine``: the engine at the best of ``--budgets`` (picked on the same calibration sample).
-* ``engine_int8``: the engine on the ONNX Runtime int8 backend, only when it meets the quality
-  bar against float32 on sample chunks (mean cosine ≥ 0.99, min ≥ 0.97).
+* ``engine_onnx``: the engine on the ONNX Runtime int8 backend (dynamic quantization).
+* ``engine_openvino``: the engine on the OpenVINO int8 backend (NNCF static quantization,
+  ``PERFORMANCE_HINT`` THROUGHPUT); ``--openvino-variants`` adds others (``weights:LATENCY``, ...).
+
+Each int8 backend is timed only when it meets the quality gate against float32 (mean cosine
+≥ 0.99, min ≥ 0.97), on the worker's own gate chunks (96 of ``examples/stream``) and, as a second
+look, on the calibration sample of this corpus; both sets of figures are printed.
+
+``--int8-only`` times just the fp32 torch engine and the int8 engines (engine budget: the CPU
+default, no calibration), interleaved on the same webhook batches: the int8 comparison in one
+command::
+
+    .venv/bin/python bench/embed.py --scale 5 --int8-only --skip-tokenization --rounds 4
 
 Engines get each webhook batch as its own request, submitted as they arrive, so chunks from many
 requests share batches, as in the worker.
@@ -57,7 +68,8 @@ from worker.config import BindingConfig  # noqa: E402
 from worker.documents import Binding  # noqa: E402
 from worker.embed import Embedder, check_int8_quality, resolve_weights  # noqa: E402
 from worker.engine import EmbeddingEngine  # noqa: E402
-from worker.engine_pool import autotune_budget  # noqa: E402
+from worker.backends import int8_calibration_chunks  # noqa: E402
+from worker.engine_pool import autotune_budget, cpu_batch_tokens  # noqa: E402
 from worker.errors import DocumentInvalid  # noqa: E402
 from worker.modelspec import load_spec  # noqa: E402
 from worker.records import Chunk, FlowDocument  # noqa: E402
@@ -232,16 +244,21 @@ def calibrate(embedder: Embedder, sample: list[Chunk], budgets: list[int], st_si
     return best_budget, best_bs, rates
 
 
-def bench_cpu(args: argparse.Namespace, embedder: Embedder, requests: list[list[Chunk]],
+def bench_cpu(args: argparse.Namespace, embedder: Embedder, chunker: Chunker, requests: list[list[Chunk]],
               rows: list[tuple[str, str, str]], notes: list[str]) -> None:
     rng = np.random.default_rng(0)
     all_chunks = [c for r in requests for c in r]
     sample = [all_chunks[i] for i in sorted(rng.choice(len(all_chunks), args.calibration, replace=False))]
-    print(f"calibrating on {len(sample)} chunks ...", flush=True)
-    budget, st_bs, rates = calibrate(embedder, sample, args.budgets, args.st_batch_sizes)
-    notes.append("Calibration (tokens per CPU-second, same run, interleaved): " +
-                 ", ".join(f"{k} {v:,.0f}" for k, v in rates.items()) +
-                 f" → engine budget **{budget}**, encode batch_size **{st_bs}**.")
+    if args.int8_only:
+        budget, st_bs = cpu_batch_tokens(embedder.spec.max_seq_tokens), 32
+        run_engine(embedder, [sample], budget)  # warm-up: a process's first forward passes are slow
+        notes.append(f"Engine budget: the CPU default, {budget} tokens (--int8-only: no calibration).")
+    else:
+        print(f"calibrating on {len(sample)} chunks ...", flush=True)
+        budget, st_bs, rates = calibrate(embedder, sample, args.budgets, args.st_batch_sizes)
+        notes.append("Calibration (tokens per CPU-second, same run, interleaved): " +
+                     ", ".join(f"{k} {v:,.0f}" for k, v in rates.items()) +
+                     f" → engine budget **{budget}**, encode batch_size **{st_bs}**.")
 
     # The timed share: every k-th webhook batch, dealt into rounds.
     timed = requests[::max(1, round(1 / args.fraction))]
@@ -264,19 +281,21 @@ def bench_cpu(args: argparse.Namespace, embedder: Embedder, requests: list[list[
             return out
         return run
 
-    methods: dict[str, Callable[[int], object]] = {
-        "naive": lambda r: [model.encode([c.text for c in req], batch_size=32) for req in slices[r]],
-        "st_all_32": lambda r: model.encode(texts[r], batch_size=32),
-        "engine_16384": engine_method(embedder, 16384, "engine_16384"),
-        "engine": engine_method(embedder, budget, "engine"),
-    }
-    if st_bs != 32:
-        methods["st_all_tuned"] = lambda r: model.encode(texts[r], batch_size=st_bs)
-    int8 = None
+    methods: dict[str, Callable[[int], object]] = {"engine": engine_method(embedder, budget, "engine")}
+    if not args.int8_only:
+        methods.update({
+            "naive": lambda r: [model.encode([c.text for c in req], batch_size=32) for req in slices[r]],
+            "st_all_32": lambda r: model.encode(texts[r], batch_size=32),
+            "engine_16384": engine_method(embedder, 16384, "engine_16384"),
+        })
+        if st_bs != 32:
+            methods["st_all_tuned"] = lambda r: model.encode(texts[r], batch_size=st_bs)
+    int8: dict[str, object] = {}
     if args.int8:
-        int8 = build_int8(embedder, sample, notes)
-        if int8 is not None:
-            methods["engine_int8"] = engine_method(int8, budget, "engine_int8")
+        int8 = build_int8(args, embedder, chunker, sample, notes)
+        for name, backend in int8.items():
+            backend.embed_ids([c.token_ids for c in sample[:16]])  # warm-up (compilation, caches)
+            methods[name] = engine_method(backend, budget, name)
     print(f"timing {n_chunks:,} chunks per method ...", flush=True)
     wall, cpu = interleaved(methods, args.rounds)
     cps = {k: n_chunks / v for k, v in wall.items()}  # chunks per wall second
@@ -289,8 +308,11 @@ def bench_cpu(args: argparse.Namespace, embedder: Embedder, requests: list[list[
         return (f"wall {cps[a]:.2f} ÷ {cps[b]:.2f} = **{cps[a] / cps[b]:.2f}**; "
                 f"CPU-time {cpc[a]:.2f} ÷ {cpc[b]:.2f} = **{cpc[a] / cpc[b]:.2f}**")
 
-    st_best = max(cps["st_all_32"], cps.get("st_all_tuned", 0))
-    best_name = "st_all_tuned" if cps.get("st_all_tuned", 0) > cps["st_all_32"] else "st_all_32"
+    int8_rows = [(f"int8 `{name}` engine chunks/s ÷ fp32 torch engine", ratio(name, "engine"),
+                  "≥ 2 at the quality gate") for name in int8]
+    if args.int8_only:
+        rows.extend(int8_rows)
+        return
     rows.append(("engine chunks/s ÷ `encode` once per ~1 MiB webhook batch (naive worker)",
                  ratio("engine", "naive"), "≥ 1.3"))
     rows.append(("engine chunks/s ÷ one `encode` over all chunks, batch_size 32",
@@ -306,33 +328,59 @@ def bench_cpu(args: argparse.Namespace, embedder: Embedder, requests: list[list[
     rows.append(("padded tokens ÷ real tokens in our batches",
                  f"{e['padded']:,} ÷ {e['tokens']:,} = **{e['padded'] / e['tokens']:.3f}** "
                  f"({e['batches']} batches; encode's own sort: {pad_st:.3f})", "≤ 1.05"))
-    if int8 is not None:
-        rows.append(("int8 CPU backend (ONNX Runtime) engine chunks/s ÷ fp32 torch engine",
-                     ratio("engine_int8", "engine"), "≥ 2 at the quality bar"))
-        rows.append(("int8 engine chunks/s ÷ naive fp32 `encode` per webhook batch",
-                     ratio("engine_int8", "naive"), "(for reference)"))
+    rows.extend(int8_rows)
+    for name in int8:
+        rows.append((f"int8 `{name}` engine chunks/s ÷ naive fp32 `encode` per webhook batch",
+                     ratio(name, "naive"), "(for reference)"))
+    st_best = max(cps["st_all_32"], cps.get("st_all_tuned", 0))
+    best_name = "st_all_tuned" if cps.get("st_all_tuned", 0) > cps["st_all_32"] else "st_all_32"
     notes.append(f"Best encode variant: `{best_name}` at {st_best:.2f} chunks/s.")
 
 
-def build_int8(embedder: Embedder, sample: list[Chunk], notes: list[str]):
-    try:
-        from worker.embed import OnnxInt8Embedder
+def gate_figures(embedder: Embedder, backend, ids: Sequence[Sequence[int]]):  # noqa: ANN001, ANN201
+    from worker.backends import embed_in_batches
 
+    return check_int8_quality(embed_in_batches(embedder, ids), embed_in_batches(backend, ids),
+                              raise_if_refused=False)
+
+
+def build_int8(args: argparse.Namespace, embedder: Embedder, chunker: Chunker, sample: list[Chunk],
+               notes: list[str]) -> dict[str, object]:
+    """The int8 backends that pass the worker's quality gate, by method name; each is built the
+    way the worker builds it (cached under the temp dir after the first run)."""
+    from worker.embed_onnx import OnnxInt8Embedder
+    from worker.embed_openvino import OpenVinoEmbedder
+
+    cache = Path(tempfile.gettempdir()) / "memory-worker-int8"
+    gate = [c.token_ids for c in int8_calibration_chunks(chunker)]
+    held_out = [c.token_ids for c in int8_calibration_chunks(chunker, held_out=True)]
+    builders: dict[str, Callable[[], object]] = {
+        "engine_onnx": lambda: OnnxInt8Embedder.build(embedder, cache / "onnx")}
+    for variant in args.openvino_variants:
+        quantization, _, hint = variant.partition(":")
+        name = "engine_openvino" if variant == "static:THROUGHPUT" else f"engine_openvino_{quantization}_{hint.lower()}"
+        builders[name] = lambda q=quantization, h=hint: OpenVinoEmbedder.build(
+            embedder, cache / "openvino", onnx_directory=cache / "onnx", calibration=held_out if q == "static" else [],
+            quantization=q, performance_hint=h)
+    accepted: dict[str, object] = {}
+    for name, build in builders.items():
         started = time.perf_counter()
-        int8 = OnnxInt8Embedder.build(embedder, Path(tempfile.gettempdir()) / "memory-worker-onnx")
+        try:
+            backend = build()
+        except Exception as exc:  # noqa: BLE001 - reported, not fatal for the bench
+            notes.append(f"`{name}` unavailable: {exc}")
+            continue
         built_s = time.perf_counter() - started
-    except Exception as exc:  # noqa: BLE001 - reported, not fatal for the bench
-        notes.append(f"int8 backend unavailable: {exc}")
-        return None
-    ids = [c.token_ids for c in sample]
-    reference = np.concatenate([embedder.embed_ids(ids[i:i + 16]) for i in range(0, len(ids), 16)])
-    candidate = np.concatenate([int8.embed_ids(ids[i:i + 16]) for i in range(0, len(ids), 16)])
-    quality = check_int8_quality(reference, candidate, raise_if_refused=False)
-    notes.append(f"int8 quality vs fp32 on {quality.chunks} corpus chunks: mean cosine "
-                 f"{quality.mean_cosine:.4f}, min {quality.min_cosine:.4f} → "
-                 f"{'accepted' if quality.accepted else 'REFUSED'} (export+quantize {built_s:.0f} s, "
-                 "cached after the first run).")
-    return int8 if quality.accepted else None
+        worker_gate = gate_figures(embedder, backend, gate)
+        corpus = gate_figures(embedder, backend, [c.token_ids for c in sample])
+        notes.append(f"`{name}` quality gate vs fp32: worker gate ({worker_gate.chunks} sample-stream chunks) "
+                     f"mean cosine **{worker_gate.mean_cosine:.4f}**, min **{worker_gate.min_cosine:.4f}**; "
+                     f"{corpus.chunks} corpus chunks mean {corpus.mean_cosine:.4f}, min {corpus.min_cosine:.4f} "
+                     f"→ {'accepted' if worker_gate.accepted and corpus.accepted else 'REFUSED'} "
+                     f"(build {built_s:.0f} s; export and quantization are cached after the first run)")
+        if worker_gate.accepted and corpus.accepted:
+            accepted[name] = backend
+    return accepted
 
 
 def bench_cuda(args: argparse.Namespace, embedder: Embedder, requests: list[list[Chunk]],
@@ -414,6 +462,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--budgets", type=int, nargs="+", default=[2048, 4096, 8192, 16384])
     parser.add_argument("--st-batch-sizes", type=int, nargs="+", default=[16, 32, 64])
     parser.add_argument("--no-int8", dest="int8", action="store_false")
+    parser.add_argument("--int8-only", action="store_true",
+                        help="time only the fp32 torch engine and the int8 engines (CPU budget default)")
+    parser.add_argument("--openvino-variants", nargs="+", default=["static:THROUGHPUT"],
+                        help="OpenVINO quantization:PERFORMANCE_HINT pairs to time (static|weights : THROUGHPUT|LATENCY)")
     parser.add_argument("--skip-tokenization", action="store_true")
     args = parser.parse_args(argv)
 
@@ -448,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.device == "cuda":
         bench_cuda(args, embedder, requests, rows, notes)
     else:
-        bench_cpu(args, embedder, requests, rows, notes)
+        bench_cpu(args, embedder, chunker, requests, rows, notes)
     notes.append(f"Load average at end {os.getloadavg()[0]:.1f}.")
     print("\n| measure | result | goal |\n|---|---|---|")
     for row in rows:
