@@ -131,3 +131,20 @@ def test_torch_is_used_as_configured(embedder, chunker, tmp_path):
     assert choice.backend == "torch" and choice.model is embedder and choice.quality is None
     assert choice.as_json() == {"requested": "torch", "backend": "torch", "precision": "float32",
                                 "reason": "configured (embedding.backend: torch)"}
+
+
+def test_without_the_sample_stream_auto_is_torch_and_an_explicit_int8_backend_is_an_error(
+        embedder, chunker, tmp_path, monkeypatch):
+    """A container image without ``examples/``: nothing to run the quality gate on."""
+    import worker.modelspec
+    from worker.errors import ConfigError
+
+    (tmp_path / "models").mkdir()
+    monkeypatch.setattr(worker.modelspec, "default_models_dir", lambda: tmp_path / "models")
+    choice = choose_backend(EmbeddingConfig(backend="auto"), embedder, chunker, tmp_path / "state")
+    if choice.reason.startswith("auto: openvino is not installed"):
+        pytest.skip("the int8 extra is not installed")
+    assert choice.backend == "torch" and "sample stream" in choice.reason
+    with pytest.raises(ConfigError, match="sample stream"):
+        choose_backend(EmbeddingConfig(backend="openvino"), embedder, chunker, tmp_path / "state")
+    assert not (tmp_path / "state").exists()  # nothing exported or quantized

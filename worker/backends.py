@@ -164,8 +164,14 @@ def choose_backend(config: EmbeddingConfig, embedder: Embedder, chunker: Chunker
         if not openvino_available():
             return torch("auto: openvino is not installed (pip install 'ai-memory-worker[int8]')")
     name = "openvino" if requested == "auto" else requested
+    try:
+        gate = [c.token_ids for c in int8_calibration_chunks(chunker)]
+    except ConfigError as exc:  # no sample stream (an image without examples/): nothing to gate on
+        if requested != "auto":
+            raise
+        log.warning("no sample stream for the int8 quality gate; embedding with torch", extra={"error": str(exc)})
+        return torch(f"auto: int8 is only used after its quality gate, which needs the sample stream: {exc}")
     candidates = _candidates(name, config, embedder, chunker, state)
-    gate = [c.token_ids for c in int8_calibration_chunks(chunker)]
     reference: np.ndarray | None = None  # float32 vectors of the gate's chunks, once built
     refused = []
     for precision, build in candidates:
