@@ -245,7 +245,9 @@ class SinkLoop(_Loop):
 
     def deliver(self, record: Any) -> None:  # noqa: ANN401
         out = self.writer.write(record)
-        self.prepared.confirm(self.sink, record.seq)
+        # Counted before the confirm: once status says a record is delivered, the counters say so
+        # too (a crash in between redoes the idempotent write and counts it again).
         self.vectors_missing += out.vectors_missing
         if self.metrics is not None:
             self.metrics.on_written(self.sink, out)
+        self.prepared.confirm(self.sink, record.seq)
