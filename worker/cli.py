@@ -408,6 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_schema)
 
+    from worker.migrate import add_parser as add_migrate
+
+    add_migrate(sub, config_arg)
+
     sp = sub.add_parser("dlq", help="list, show, replay or purge dead letters")
     config_arg(sp)
     dsub = sp.add_subparsers(dest="dlq_command", required=True)

@@ -10,13 +10,14 @@ Relative paths (``state_dir``, ``sinks.local.path``) are relative to the working
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, ValidationError, create_model, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, ValidationError, create_model, model_validator
 
 from worker.configbase import RetryConfig, Strict
 from worker.errors import ConfigError
@@ -189,6 +190,15 @@ class DeadLettersConfig(Strict):
     redact: bool = False
 
 
+class DocumentsConfig(Strict):
+    #: The local document store (worker/docstore.py): the newest version of every document, so
+    #: a rebuild or migration needs no Estuary backfill. ``raw``: as received (any later
+    #: privacy policy can be applied); ``masked``: with the binding's privacy policy applied
+    #: (PII stays off this disk; a migration can only add masking); ``off``: no store (then
+    #: ``migrate`` needs a backfill from files or Dekaf).
+    store: Literal["raw", "masked", "off"] = "raw"
+
+
 class WebhookSourceConfig(Strict):
     enabled: bool = True
 
@@ -285,9 +295,12 @@ class WorkerConfig(Strict):
     sources: SourcesConfig = SourcesConfig()
     privacy: PrivacySettings = PrivacySettings()
     deadletters: DeadLettersConfig = DeadLettersConfig()
+    documents: DocumentsConfig = DocumentsConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: ``text``: logfmt lines (``key=value``); ``json``: one JSON object per line, for log shippers.
     log_format: Literal["text", "json"] = "text"
+    #: (path, YAML text) this config was read from (load_config), for the generation registry.
+    _source: tuple[str, str] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> WorkerConfig:
@@ -389,9 +402,30 @@ def parse_config(data: Any, *, file: Path, env: Mapping[str, str]) -> WorkerConf
 
 
 def load_config(file: Path | str, env: Mapping[str, str]) -> WorkerConfig:
-    """Read and validate a YAML config file."""
+    """Read and validate a YAML config file (its text is kept: :func:`config_source`)."""
     file = Path(file)
-    return parse_config(read_yaml(file), file=file, env=env)
+    config = parse_config(read_yaml(file), file=file, env=env)
+    config._source = (str(file.resolve()), file.read_text(encoding="utf-8"))
+    return config
+
+
+def load_config_text(text: str, *, file: str, env: Mapping[str, str]) -> WorkerConfig:
+    """A config from YAML text (a generation's recorded config); errors name ``file``."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: invalid YAML: {exc}") from None
+    config = parse_config(data, file=Path(file), env=env)
+    config._source = (file, text)
+    return config
+
+
+def config_source(config: WorkerConfig) -> tuple[str, str]:
+    """(path, YAML text) the config was read from: the text is recorded unexpanded, so
+    ``${VAR}`` secrets stay references. A config built in code gives its JSON, secrets masked."""
+    if config._source is not None:
+        return config._source
+    return ("(in code)", json.dumps(masked(config), default=str))
 
 
 def secret_values(config: WorkerConfig) -> list[str]:

@@ -96,6 +96,8 @@ class QueryResponse(_Model):
     group: Group
     results: list[DocumentResult] | list[ChunkResult]
     warnings: list[str] = Field(default_factory=list)
+    generation: str | None = Field(default=None, description="the index generation that answered "
+                                   "(every result comes from this one; see `memory-worker migrate`)")
 
 
 class FieldInfo(_Model):

@@ -91,6 +91,16 @@ def cpu_threads_for(requested: int | None, cores: int | None) -> int:
     return max(1, cores or 1)
 
 
+def set_pooling(model: Any, mode: str, model_id: str) -> None:  # noqa: ANN401
+    """Replace the pooling of a loaded sentence-transformers model (every backend exports the
+    whole module chain, so ONNX and OpenVINO follow)."""
+    pools = [m for m in model if type(m).__name__ == "Pooling"]
+    if len(pools) != 1:
+        raise ModelError(f"model {model_id}: pooling: {mode} needs exactly one Pooling module, "
+                         f"found {len(pools)}")
+    pools[0].pooling_mode = mode
+
+
 def resolve_weights(spec: ModelSpec, *, allow_download: bool) -> str:
     """Where to load the weights from: installed package, then local directory, then hub."""
     if spec.load.package:
@@ -171,6 +181,8 @@ class Embedder:
             raise ModelError(f"model {spec.id}: cannot load from {weights}: {exc}") from exc
         self.model.eval()
         self.model.max_seq_length = spec.max_seq_tokens
+        if spec.pooling is not None:
+            set_pooling(self.model, spec.pooling, spec.id)
         dim = self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension") \
             else self.model.get_sentence_embedding_dimension()
         if dim != spec.dimensions:

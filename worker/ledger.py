@@ -68,5 +68,10 @@ class Ledger:
             return self._conn.execute("SELECT count(*) FROM documents WHERE sink = ? AND deleted = 0",
                                       (sink,)).fetchone()[0]
 
+    def drop(self, sink: str) -> int:
+        """Forget everything recorded for ``sink`` (a ledger key: its target was dropped)."""
+        with self._lock, transaction(self._conn):
+            return self._conn.execute("DELETE FROM documents WHERE sink = ?", (sink,)).rowcount
+
     def close(self) -> None:
         self._conn.close()

@@ -56,11 +56,16 @@ class ModelSpec(Strict):
     prompts: Prompts = Prompts()
     dtype: DTypes = DTypes()
     int8_backends: tuple[Literal["onnx", "openvino"], ...] = ()
+    #: Override the weights' own pooling (``cls``, ``mean``, ``max``): another vector space
+    #: from the same weights. None keeps what the model ships with.
+    pooling: Literal["cls", "mean", "max"] | None = None
 
     @property
     def fingerprint(self) -> str:
         """Changes whenever anything that affects a vector changes (cache and ledger key)."""
         raw = f"{self.id}|{self.dimensions}|{self.max_seq_tokens}|{self.normalize}|{self.prompts.passage}"
+        if self.pooling is not None:  # appended only when set: existing caches keep their keys
+            raw += f"|pooling={self.pooling}"
         return f"{self.id}@{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
 
 

@@ -32,6 +32,7 @@ import orjson
 
 from worker.chunk import Chunker
 from worker.deadletter import DeadLetterStore
+from worker.docstore import DocumentStore, StoreWrite
 from worker.documents import Binding
 from worker.engine import EmbeddingEngine
 from worker.ledger import Ledger
@@ -75,7 +76,8 @@ class Preparer:
                  ledger: Ledger, ledger_keys: Mapping[str, str], dead_letters: DeadLetterStore,
                  screen: Screen | None = None, pending: PendingLookup | None = None,
                  cursors: CursorsLookup | None = None,
-                 on_dead_letter: Callable[[str, int], None] | None = None) -> None:
+                 on_dead_letter: Callable[[str, int], None] | None = None,
+                 docstore: DocumentStore | None = None) -> None:
         self.bindings = bindings
         self.screen = screen if screen is not None else Screen(bindings, secret=None)
         self.chunker = chunker
@@ -86,12 +88,27 @@ class Preparer:
         self._pending = pending
         self._cursors = cursors
         self._on_dead_letter = on_dead_letter
+        #: Every screened document is stored here (worker/docstore.py) before it is prepared.
+        self.docstore = docstore
 
     # -- parsing -----------------------------------------------------------------------------
-    def parse(self, collection: str, raws: Sequence[Any], *, stage: str = "validate"
-              ) -> tuple[list[FlowDocument], int]:
+    def parse(self, collection: str, raws: Sequence[Any], *, stage: str = "validate",
+              store: bool = True) -> tuple[list[FlowDocument], int]:
         """Screen documents (quality rules, parse, privacy masking); rejected ones go to the
-        dead-letter store (``stage``, or ``quality`` for a rule). Returns (valid, rejected)."""
+        dead-letter store (``stage``, or ``quality`` for a rule), valid ones to the document
+        store. Returns (valid, rejected)."""
+        writes: list[StoreWrite] = []
+        docs, rejected = self._parse(collection, raws, stage, writes)
+        if store:  # not for documents read back from the store
+            self._store(writes)
+        return docs, rejected
+
+    def _store(self, writes: list[StoreWrite]) -> None:
+        if self.docstore is not None and writes:
+            self.docstore.put_many(writes)
+
+    def _parse(self, collection: str, raws: Sequence[Any], stage: str, writes: list[StoreWrite]
+               ) -> tuple[list[FlowDocument], int]:
         binding = self.bindings.get(collection)
         rejected: list[tuple[str, str | None, str, str, Any]] = []
         docs: list[FlowDocument] = []
@@ -103,7 +120,12 @@ class Preparer:
             for raw in raws:
                 screened = self.screen.screen(collection, raw)
                 if screened.document is not None:
-                    docs.append(screened.document)
+                    doc = screened.document
+                    docs.append(doc)
+                    if self.docstore is not None:
+                        body = raw if self.docstore.mode == "raw" or doc.is_delete \
+                            else self.screen.masked_raw(collection, raw)
+                        writes.append(StoreWrite(collection, doc.doc_id, doc.version, doc.is_delete, body))
                     continue
                 rejected.append((collection, screened.key, stage if screened.stage == "validate"
                                  else screened.stage, screened.reason,
@@ -120,10 +142,12 @@ class Preparer:
         """Spool entries → documents, validated again against today's bindings (``revalidate``)."""
         docs: list[FlowDocument] = []
         rejected = 0
+        writes: list[StoreWrite] = []
         for entry in entries:
-            parsed, bad = self.parse(entry.collection, orjson.loads(entry.body), stage="revalidate")
+            parsed, bad = self._parse(entry.collection, orjson.loads(entry.body), "revalidate", writes)
             docs.extend(parsed)
             rejected += bad
+        self._store(writes)  # one transaction for the whole pass, before its record is committed
         return docs, rejected
 
     # -- prepare -----------------------------------------------------------------------------

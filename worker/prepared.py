@@ -261,6 +261,15 @@ class PreparedStore:
         self._drop_payloads([r[1] for r in rows if r[1] is not None])
         return len(seqs)
 
+    def undelivered_doc_ids(self) -> list[str]:
+        """Every document some record not yet confirmed by every sink carries."""
+        with self._lock:
+            return [r[0] for r in self._conn.execute("SELECT doc_id FROM prepared_docs")]
+
+    def drop_all(self) -> int:
+        """Drop every record (see :func:`worker.runtime.adopt_prepared`)."""
+        return self.purge("")
+
     def pending(self, doc_ids: Sequence[str]) -> dict[str, Pending]:
         """The newest prepared state of each document still held for some sink."""
         out: dict[str, Pending] = {}

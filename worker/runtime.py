@@ -26,13 +26,16 @@ from worker.cache import EmbeddingCache
 from worker.chunk import Chunker
 from worker.config import WorkerConfig
 from worker.deadletter import DeadLetterStore
+from worker.docstore import DocumentStore, open_store
 from worker.documents import Binding
 from worker.embed import Embedder
 from worker.engine import EmbeddingEngine
 from worker.engine_pool import EnginePool, build_engine
 from worker.errors import ConfigError
+from worker.generation import Generation, generation_of
 from worker.ledger import Ledger
 from worker.metrics import Metrics
+from worker.migration import Registry, open_registry, resolve_targets
 from worker.modelspec import ModelSpec, load_spec
 from worker.pipeline import Pipeline
 from worker.prepare import Preparer
@@ -111,6 +114,9 @@ class Runtime:
     screen: Screen
     bindings: dict[str, Binding] = field(default_factory=dict)
     backend: BackendChoice | None = None
+    generation: Generation | None = None
+    registry: Registry | None = None
+    docstore: DocumentStore | None = None
 
     def retriever(self) -> Retriever:
         """Queries over these sinks, embedded through the engine (priority over ingest)."""
@@ -129,6 +135,9 @@ class Runtime:
         self.dead_letters.close()
         if self.cache is not None:
             self.cache.close()
+        for store in (self.docstore, self.registry):
+            if store is not None:
+                store.close()
 
 
 def load_model(config: WorkerConfig, env: Mapping[str, str]) -> tuple[ModelSpec, Embedder]:
@@ -142,11 +151,15 @@ def load_model(config: WorkerConfig, env: Mapping[str, str]) -> tuple[ModelSpec,
 def build_runtime(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
                   sink: str | None = None, embedder: Embedder | None = None,
                   ensure_sinks: bool = True, metrics: Metrics | None = None,
-                  prepared: PreparedStore | None = None, watch_drift: bool = False) -> Runtime:
+                  prepared: PreparedStore | None = None, watch_drift: bool = False,
+                  resolve: bool = True, store_documents: bool = True) -> Runtime:
     """The stages: model, engine, chunker, sinks, preparer, writers, and the direct pipeline.
 
     ``prepared`` (the service's store) lets the preparer see what lagging sinks will hold;
     without it (``reindex``, tests) prepare → write runs straight through :class:`Pipeline`.
+    ``resolve``: point the sinks at the config's index generation (worker/migration.py); off
+    for a config already pointed there. ``store_documents``: screened documents go to the
+    document store (off for a generation fed *from* the store).
     """
     env = dict(os.environ) if env is None else env
     if embedder is None:
@@ -156,6 +169,11 @@ def build_runtime(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
         check_cross_fields(config, spec)
     state = Path(config.state_dir)
     state.mkdir(parents=True, exist_ok=True)
+    registry = open_registry(state)
+    generation = generation_of(config, spec)
+    if resolve:
+        config = resolve_targets(registry, config, generation)
+    docstore = open_store(state, config.documents.store) if store_documents else None
     cache = None
     if config.embedding.cache_max_entries:
         cache = EmbeddingCache(state / "embeddings.sqlite", fingerprint=spec.fingerprint,
@@ -199,17 +217,72 @@ def build_runtime(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
                         pending=prepared.pending if prepared is not None else None,
                         cursors=prepared.cursors if prepared is not None else None,
                         on_dead_letter=(lambda stage, n: metrics.documents_dead_lettered.labels(stage).inc(n))
-                        if metrics else None)
+                        if metrics else None, docstore=docstore)
     pipeline = Pipeline(preparer, writers)
     return Runtime(config, spec, embedder, engine, chunker, sinks, ledger, dead_letters, cache,
-                   preparer, writers, pipeline, screen, bindings, choice)
+                   preparer, writers, pipeline, screen, bindings, choice, generation, registry, docstore)
+
+
+def generation_config(registry: Registry, gen_id: str, env: Mapping[str, str]) -> WorkerConfig:
+    """A recorded generation's config (its YAML, expanded with ``env``), pointed at its targets."""
+    from worker.config import load_config_text
+    from worker.generation import targeted
+
+    row = registry.generation(gen_id)
+    if row is None or row.dropped_at is not None:
+        raise ConfigError(f"index generation {gen_id} is not known in {registry.path} (or was dropped)")
+    try:
+        config = load_config_text(row.config_yaml, file=row.config_path, env=env)
+    except ConfigError as exc:
+        raise ConfigError(f"generation {gen_id}'s recorded config ({row.config_path}) no longer "
+                          f"loads: {exc}") from None
+    return targeted(config, row.targets)
+
+
+def build_generation_runtime(registry: Registry, gen_id: str, env: Mapping[str, str], *,
+                             metrics: Metrics | None = None) -> Runtime:
+    """The runtime of a recorded generation, fed from the document store (not writing it)."""
+    config = generation_config(registry, gen_id, env)
+    rt = build_runtime(config, env, resolve=False, store_documents=False)
+    if rt.generation is not None and rt.generation.id != gen_id:
+        rt.close()
+        raise ConfigError(f"generation {gen_id}'s recorded config now gives generation {rt.generation.id} "
+                          "(the model package or a policy changed under it); roll back that change")
+    return rt
+
+
+def serving_config(config: WorkerConfig, env: Mapping[str, str]) -> WorkerConfig:
+    """What a query reads: the serving generation's config and targets (``config`` itself on a
+    state directory with no registry yet, or when it is the serving generation's)."""
+    path = Path(config.state_dir) / "generations.sqlite"
+    if not path.exists():
+        return config
+    registry = open_registry(Path(config.state_dir))
+    try:
+        serving = registry.serving()
+        if serving is None:
+            return config
+        spec = load_spec(config.model, models_dir=config.models_dir, env=env)
+        if generation_of(config, spec).id == serving:
+            from worker.generation import targeted
+
+            return targeted(config, registry.generation(serving).targets)  # type: ignore[union-attr]
+        return generation_config(registry, serving, env)
+    finally:
+        registry.close()
 
 
 def build_retriever(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
                     sink: str | None = None, embedder: Embedder | None = None) -> Retriever:
     """What ``query``, ``eval`` and ``mcp`` need: the model, the sinks (not ensured: a query
-    never creates an index) and the bindings' screen for masking queries. No engine thread."""
+    never creates an index) and the bindings' screen for masking queries. No engine thread.
+    It reads the *serving* generation (worker/migration.py), whatever ``config``'s is."""
     env = dict(os.environ) if env is None else env
+    served = serving_config(config, env)
+    if served is not config:
+        if served.model != config.model:
+            embedder = None
+        config = served
     if embedder is None:
         _, embedder = load_model(config, env)
     bindings = {b.collection: Binding(b) for b in config.bindings}
@@ -247,6 +320,7 @@ def build_service(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
                              dimensions=spec.dimensions)
     rt = build_runtime(config, env, embedder=embedder, ensure_sinks=False, metrics=metrics,
                        prepared=prepared, watch_drift=True)
+    adopt_prepared(rt, prepared)
     intake = Intake(bindings=rt.bindings, spool=spool, dead_letters=rt.dead_letters, metrics=metrics,
                     max_depth=config.server.max_json_depth, redact=rt.screen.dead_letter_raw)
     prepare_loop = PrepareLoop(spool=spool, prepared=prepared, preparer=rt.preparer, retry=config.retry,
@@ -275,8 +349,44 @@ def build_service(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
             sources.append(KafkaSource(kind, cfg, codec=codec, intake=intake, dead_letters=rt.dead_letters,
                                        delivered_seq=prepared.delivered_spool_seq, drop=drop,
                                        metrics=metrics, single_consumer=kind == "dekaf", **options))
+    from worker.serving import ServedGenerations
+
+    generations = ServedGenerations(rt, registry=rt.registry, store=rt.docstore,
+                                    build_other=lambda gen: build_generation_runtime(rt.registry, gen, env or {}),
+                                    retry=config.retry, poll_interval_s=config.spool.poll_interval_s)
     return Service(rt, metrics=metrics, spool=spool, prepared=prepared, intake=intake,
-                   prepare_loop=prepare_loop, loops=loops, sources=sources)
+                   prepare_loop=prepare_loop, loops=loops, sources=sources, generations=generations)
+
+
+def adopt_prepared(rt: Runtime, prepared: PreparedStore) -> None:
+    """The prepared store holds one generation's records. After a restart on another
+    generation's config, records the sinks have not confirmed would carry the old vectors into
+    the new targets: they are dropped, and the old generation's store follower is rewound to
+    the oldest of their documents, so it re-applies them (and everything since) itself."""
+    registry, gen = rt.registry, rt.generation
+    if registry is None or gen is None:
+        return
+    held = registry.pointer("prepared")
+    if held is not None and held != gen.id:
+        doc_ids = prepared.undelivered_doc_ids()
+        if doc_ids:
+            if rt.docstore is None:
+                raise ConfigError(f"the prepared store holds {len(doc_ids)} undelivered documents of "
+                                  f"generation {held}; start once more on that generation's config to "
+                                  "deliver them (documents.store is off, so they cannot be re-applied)")
+            low = rt.docstore.min_seq(doc_ids)
+            current = registry.cursor(held)
+            rewound = (low - 1) if low is not None else rt.docstore.head()
+            registry.set_cursor(held, min(rewound, current if current is not None else rewound))
+            dropped = prepared.drop_all()
+            registry.note("restart", f"primary {held} → {gen.id}: {dropped} prepared records of {held} "
+                                     f"dropped; its follower re-applies from store change {rewound}")
+    elif held is None and registry.cursor(gen.id) is None:
+        pass
+    if held != gen.id:
+        # A generation fed from the store until now: its store follower's cursor says what it
+        # has; the changes after it are applied by a catch-up follower (serving.py).
+        registry.set_pointer("prepared", gen.id)
 
 
 def build_codec(kind: str, cfg: Any, bindings: Mapping[str, Binding], *, registry: Any = None) -> Any:  # noqa: ANN401

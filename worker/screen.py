@@ -119,6 +119,10 @@ class Screen:
         """What the dead-letter store keeps: ``raw``, or masked with ``deadletters.redact``."""
         if not self.redact_dead_letters:
             return raw
+        return self.masked_raw(collection, raw)
+
+    def masked_raw(self, collection: str, raw: Any) -> Any:  # noqa: ANN401
+        """``raw`` with every string masked by its binding's policy (secrets at least)."""
         masker = self.maskers.get(collection, self._secrets_only)
 
         def walk(node: Any) -> Any:  # noqa: ANN401

@@ -66,7 +66,7 @@ class Service:
 
     def __init__(self, rt: Any, *, metrics: Metrics, spool: Spool, prepared: PreparedStore,  # noqa: ANN401
                  intake: Intake, prepare_loop: PrepareLoop, loops: Mapping[str, SinkLoop],
-                 sources: Sequence[Any] = ()) -> None:
+                 sources: Sequence[Any] = (), generations: Any = None) -> None:  # noqa: ANN401
         self.rt = rt
         self.config: WorkerConfig = rt.config
         self.metrics = metrics
@@ -79,7 +79,10 @@ class Service:
         self.started_at = time.time()
         self.draining = False
         self._closed = False
-        self.retriever = rt.retriever()
+        #: worker/serving.py: queries routed by the serving generation, dual-writes (None: the
+        #: runtime's own retriever, as before generations).
+        self.generations = generations
+        self.retriever = generations.retriever if generations is not None else rt.retriever()
         #: Masks secrets in every string status and the console show (vendor errors echo them).
         self.scrubber = Scrubber(secret_values(self.config))
         metrics.watch(self.gauges)
@@ -94,6 +97,8 @@ class Service:
         return next((s for s in self.sources if getattr(s, "kind", "") == "dekaf"), None)
 
     def start(self) -> None:
+        if self.generations is not None:
+            self.generations.start()
         for loop in self.loops:
             loop.start()
         for source in self.sources:
@@ -105,6 +110,8 @@ class Service:
         deadline = time.monotonic() + timeout_s
         for source in self.sources:  # leave the group first: stop reading
             source.stop(timeout_s * 0.5)
+        if self.generations is not None:
+            self.generations.stop()
         for loop in self.loops:
             loop.stopping.set()
         for loop in self.loops:
@@ -197,6 +204,8 @@ class Service:
                        "max_batch_tokens": self.rt.engine.max_batch_tokens},
             "dekaf": self.dekaf.status() if self.dekaf is not None else None,
             "kafka": next((src.status() for src in self.sources if src.kind == "kafka"), None),
+            "generations": self.generations.report() if self.generations is not None else None,
+            "documents": self.rt.docstore.stats().as_json() if self.rt.docstore is not None else {"mode": "off"},
             "draining": self.draining,
             "uptime_s": round(time.time() - self.started_at, 3),
         }

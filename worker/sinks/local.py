@@ -357,6 +357,14 @@ class LocalSink:
     def close(self) -> None:
         self.optimize()
 
+    def drop_target(self) -> None:
+        """Delete this generation's table (``migrate finish``); a missing table is fine."""
+        with self._lock:
+            if self._table_name in self._db.list_tables().tables:
+                self._db.drop_table(self._table_name)
+            self._table = None
+            self._dims = None
+
     # -- indices and housekeeping ------------------------------------------------------------
     def _read_indices(self) -> None:
         for index in self._tbl().list_indices():

@@ -295,6 +295,13 @@ class PineconeSink(VendorSink):
             self._call(f"delete from {self.target}", lambda batch=batch: index.delete(
                 ids=batch, namespace=self.cfg.namespace, timeout=self._timeout_s))
 
+    def drop_target(self) -> None:
+        """``migrate finish``: delete every vector of this namespace (Pinecone removes an empty
+        namespace); a generation of its own index deletes the index."""
+        index = self._data()
+        self._call(f"drop {self.target}", lambda: index.delete(delete_all=True, namespace=self.cfg.namespace,
+                                                              timeout=self._timeout_s))
+
     def fetch_documents(self, doc_ids: Sequence[str]) -> dict[str, StoredDocument]:
         if not doc_ids:
             return {}
