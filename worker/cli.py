@@ -51,7 +51,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     state.mkdir(parents=True, exist_ok=True)
     out["backend"] = choose_backend(config.embedding, embedder, build_chunker(config, spec, embedder),
                                     state).as_json()
-    ok = True
+    out["generation"] = generation_report(config, spec)
+    ok = out["generation"]["matches"] is not False
     sinks_out = {}
     for name, sink in build_sinks(config).items():
         try:
@@ -88,6 +89,10 @@ def cmd_check(args: argparse.Namespace) -> int:
               f"{m['device']} {m['dtype']}")
         b = out["backend"]
         print(f"backend {b['backend']} {b['precision']} (embedding.backend: {b['requested']}): {b['reason']}")
+        g = out["generation"]
+        print(f"generation {g['config']} (serving: {g['serving'] or 'none yet'}): {g['note']}")
+        for name, target in g.get("serving_targets", {}).items():
+            print(f"        {name} serves {g['serving']} from {target}")
         for b in config.bindings:
             print(f"binding {b.collection} -> {b.preset or 'generic'}")
         for name, s in sinks_out.items():
@@ -99,6 +104,37 @@ def cmd_check(args: argparse.Namespace) -> int:
         print("settings (secrets masked):")
         print(json.dumps(out["settings"], indent=2, default=str))
     return 0 if ok else 1
+
+
+def generation_report(config: WorkerConfig, spec: Any) -> dict[str, Any]:  # noqa: ANN401
+    """Which generation each sink serves, and whether the config's generation is one of them."""
+    from worker.generation import generation_of, target_names, targeted
+    from worker.migration import open_registry
+
+    gen = generation_of(config, spec)
+    out: dict[str, Any] = {"config": gen.id, "serving": None, "matches": None}
+    if not (Path(config.state_dir) / "generations.sqlite").exists():
+        out["note"] = "no registry yet: the first run adopts this generation with the configured targets"
+        return out
+    registry = open_registry(Path(config.state_dir))
+    try:
+        serving, m = registry.serving(), registry.migration()
+        out["serving"] = serving
+        row = registry.generation(serving) if serving else None
+        if row is not None:
+            out["serving_targets"] = target_names(targeted(config, row.targets))
+        known = registry.generation(gen.id)
+        in_migration = m is not None and gen.id in (m.old, m.new)
+        out["matches"] = gen.id == serving or in_migration
+        if m is not None:
+            out["migration"] = {"old": m.old, "new": m.new, "phase": m.phase}
+        out["note"] = ("the config's generation serves" if gen.id == serving else
+                       f"part of migration {m.old} → {m.new} ({m.phase})" if in_migration else
+                       "MISMATCH: the config's generation " + ("was dropped" if known else "is not known here") +
+                       "; `memory-worker migrate plan --config …`")
+    finally:
+        registry.close()
+    return out
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
@@ -121,6 +157,8 @@ def cmd_reindex(args: argparse.Namespace) -> int:
         return reindex_command(rt, kind, source_config, codec, group_id=args.group,
                                from_beginning=args.from_beginning, collection=args.collection,
                                progress=progress, as_json=args.json)
+    if args.from_store or args.engine == "ray":
+        return _reindex_from_store(args, config)
     if not args.collection or not args.paths:
         print("error: reindex needs --collection and at least one path (or --from-dekaf / --from-kafka)",
               file=sys.stderr)
@@ -170,6 +208,50 @@ def cmd_reindex(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         print(" ".join(f"{k}={v}" for k, v in summary.items()))
+    return 0
+
+
+def _reindex_from_store(args: argparse.Namespace, config: WorkerConfig) -> int:
+    """``reindex --from-store`` (and ``--engine ray``): rebuild the config's targets from the
+    local document store, with no Estuary backfill."""
+    from tqdm import tqdm
+
+    from worker.docstore import DocumentStore
+    from worker.follow import rebuild_from_store
+    from worker.runtime import build_runtime
+
+    path = Path(config.state_dir) / "documents.sqlite"
+    if not path.exists():
+        print(f"error: no document store at {path} (documents.store: off, or nothing stored yet)", file=sys.stderr)
+        return 2
+    progress = not args.quiet and (sys.stderr.isatty() or args.progress)
+    started = time.perf_counter()
+    store = DocumentStore(path)
+    rt = build_runtime(config, _env(), sink=args.sink, store_documents=False)
+    try:
+        if args.engine == "ray":
+            import tempfile
+
+            from worker.backfill_ray import ray_backfill
+
+            with tempfile.TemporaryDirectory(prefix="memory-worker-export-") as tmp:
+                export = Path(tmp) / "documents.parquet"
+                store.export(export, fmt="parquet")
+                stats = ray_backfill(rt.config, _env(), [export], fmt="store", address=args.address,
+                                     actors=args.actors, num_gpus=args.num_gpus, progress=progress)
+        else:
+            bar = tqdm(total=store.head(), unit="doc", disable=not progress, desc="reindex", file=sys.stderr)
+            stats = rebuild_from_store(rt, store, on_page=bar.update, collection=args.collection)
+            bar.close()
+    finally:
+        rt.close()
+        store.close()
+    elapsed = time.perf_counter() - started
+    summary = {"from": str(path), "keys": stats.documents, "written": stats.written, "deleted": stats.deleted,
+               "chunks": stats.chunks, "tokens": stats.tokens, "unchanged": stats.unchanged,
+               "skipped_stale": stats.skipped_stale, "elapsed_s": round(elapsed, 2),
+               "tokens_per_s": round(stats.tokens / elapsed, 1) if elapsed else 0.0}
+    print(json.dumps(summary) if args.json else " ".join(f"{k}={v}" for k, v in summary.items()))
     return 0
 
 
@@ -351,6 +433,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--group", help="with --from-dekaf/--from-kafka: consumer group (default: a new one per run)")
     sp.add_argument("--from-beginning", action="store_true",
                     help="with --from-dekaf/--from-kafka: start at the beginning even if the group committed offsets")
+    sp.add_argument("--from-store", action="store_true",
+                    help="rebuild from the local document store (documents.store), no Estuary backfill")
+    sp.add_argument("--engine", choices=["local", "ray"], default="local",
+                    help="ray: a Ray Data backfill from the document store (the [ray] extra)")
+    sp.add_argument("--address", help="with --engine ray: the Ray cluster (default: a local one)")
+    sp.add_argument("--actors", type=int, default=1, help="with --engine ray: embedding actors")
+    sp.add_argument("--num-gpus", type=float, default=0.0, help="with --engine ray: GPUs per actor")
     sp.add_argument("--sink", choices=list(SINKS), help="only this sink")
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")

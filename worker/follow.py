@@ -145,3 +145,33 @@ class FollowLoop(_Loop):
         finally:
             self.follower.release()
             self.state = "stopped"
+
+
+def rebuild_from_store(rt: object, store: DocumentStore, *, page: int = 256, collection: str | None = None,
+                       on_page: Callable[[int], None] | None = None) -> ApplyStats:
+    """Apply every stored document (tombstones included) to ``rt``'s sinks: ``reindex
+    --from-store``. No cursor: a rerun is idempotent (unchanged documents are skipped)."""
+    stats = ApplyStats()
+    pipeline = rt.pipeline  # type: ignore[attr-defined]
+    batch: list = []
+
+    def flush() -> None:
+        docs = []
+        for name in dict.fromkeys(r.collection for r in batch):
+            parsed, _ = pipeline.preparer.parse(name, [r.document for r in batch if r.collection == name],
+                                                store=False)
+            docs.extend(parsed)
+        stats.add(pipeline.apply(docs))
+        if on_page is not None:
+            on_page(len(batch))
+        batch.clear()
+
+    for row in store.iter_all():
+        if collection is not None and row.collection != collection:
+            continue
+        batch.append(row)
+        if len(batch) >= page:
+            flush()
+    if batch:
+        flush()
+    return stats

@@ -156,8 +156,10 @@ class Registry:
 
     def register(self, gen: Generation, *, config_yaml: str, config_path: str,
                  targets: dict[str, dict[str, Any]]) -> None:
-        """Record a generation (idempotent: an existing one keeps its targets)."""
+        """Record a generation (idempotent: an existing one keeps its targets; a dropped one is
+        recorded afresh)."""
         with self._lock, transaction(self._conn, immediate=True) as conn:
+            conn.execute("DELETE FROM generations WHERE id=? AND dropped_at IS NOT NULL", (gen.id,))
             conn.execute("INSERT OR IGNORE INTO generations VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
                          (gen.id, gen.fingerprint, json.dumps(gen.parts), config_yaml, config_path,
                           json.dumps(targets), time.time()))

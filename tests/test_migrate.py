@@ -1,0 +1,281 @@
+"""``memory-worker migrate`` end to end: a running service answers queries through every step.
+
+Two migrations, with the real model and the local LanceDB store: 256-token chunks → 128-token
+chunks (same vectors per text, different chunks), and mean pooling → CLS pooling of the same
+weights (``models/all-minilm-l6-v2-cls.yaml``: another vector space, same dimension, the case
+that silently mixes spaces when nothing keeps generations apart).
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import yaml
+
+from tests.conftest import REPO, load_stream
+from tests.test_service import QUERY_TOKEN, WEBHOOK_TOKEN, free_port, serving, slack_doc, slack_id
+from worker import migrate
+from worker.config import load_config
+from worker.migration import open_registry
+from worker.sinks.local import LocalSink
+
+GONG = "sophia-ai/gong-calls-enriched"
+SLACK = "sophia-ai/slack-messages-enriched"
+QUESTIONS = ["which customer wants failover copies kept in Europe?", "pricing for research ops",
+             "who asked about SSO and audit logs?", "deploy rollback incident"]
+
+
+def write_yaml(tmp_path: Path, name: str, **overrides) -> Path:  # noqa: ANN003
+    data = {
+        "model": "all-minilm-l6-v2", "models_dir": str(REPO / "models"), "state_dir": str(tmp_path / "state"),
+        "bindings": [{"collection": GONG, "preset": "gong_call"}, {"collection": SLACK, "preset": "slack_message"}],
+        "embedding": {"device": "cpu", "max_wait_ms": 5, "backend": "torch"},
+        "server": {"webhook_token": WEBHOOK_TOKEN, "query_token": QUERY_TOKEN, "port": free_port(),
+                   "admin_port": free_port()},
+        "spool": {"poll_interval_s": 0.02},
+        "sinks": {"local": {"path": str(tmp_path / "lancedb")}},
+    }
+    data.update(overrides)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+NEW_CONFIGS = {
+    "chunking": {"chunking": {"max_tokens": 128, "overlap_tokens": 16}},
+    "pooling": {"model": "all-minilm-l6-v2-cls"},
+}
+
+
+def table_rows(tmp_path: Path, table: str) -> dict[str, dict]:
+    sink = LocalSink(tmp_path / "lancedb", table=table)
+    try:
+        return {r["id"]: r for r in sink.rows()}
+    finally:
+        sink.close()
+
+
+def tables(tmp_path: Path, registry) -> dict[str, str]:  # noqa: ANN001
+    """generation id → its LanceDB table."""
+    return {g.id: g.targets.get("local", {}).get("table", "chunks") for g in registry.generations()}
+
+
+class QueryLoop(threading.Thread):
+    """AI Memory V2 asking questions over and over; every answer is kept."""
+
+    def __init__(self, client) -> None:  # noqa: ANN001
+        super().__init__(daemon=True)
+        self.client = client
+        self.answers: list[tuple[int, dict]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            r = self.client.query(QUESTIONS[n % len(QUESTIONS)], k=3)
+            self.answers.append((r.status_code, r.json()))
+            n += 1
+
+    def generations(self) -> set[str]:
+        return {body.get("generation") for _, body in self.answers}
+
+
+def wait_for(predicate, what: str, timeout_s: float = 240.0) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("change", sorted(NEW_CONFIGS))
+def test_queries_never_fail_or_mix_through_every_step(change, tmp_path, service_factory):
+    old_path = write_yaml(tmp_path, "old.yaml")
+    new_path = write_yaml(tmp_path, "new.yaml", **NEW_CONFIGS[change])
+    old_cfg, new_cfg = load_config(old_path, {}), load_config(new_path, {})
+    service = service_factory(old_cfg)
+    live: list[str] = []
+    with serving(service) as client:
+        assert client.post(GONG, load_stream(GONG)).status_code == 200
+        assert client.post(SLACK, load_stream(SLACK)).status_code == 200
+        client.wait_delivered()
+        loop = QueryLoop(client)
+        loop.start()
+        t0 = time.time()
+
+        def post_live(i: int) -> None:  # new documents only: every answer can be checked at the end
+            ts = f"{1800000000 + i}.000100"
+            doc = slack_doc(ts, f"live message {i} about failover copies in Europe and audit logs",
+                            at=t0 + i)
+            assert client.post(SLACK, [doc]).status_code == 200
+            live.append(slack_id(ts))
+
+        registry = open_registry(Path(old_cfg.state_dir))
+        old_gen = registry.serving()
+        post_live(0)
+        plan = migrate.plan(new_cfg, {})
+        assert plan["changes"] and plan["cost"]["chunks"] > 0
+        m = migrate.start(new_cfg, {})
+        assert (m.old, m.phase) == (old_gen, "dual_write")
+        post_live(1)
+        # the service's follower backfills (it holds the lease); `backfill` shows its progress
+        done = migrate.backfill(new_cfg, {}, progress=False)
+        assert done["cursor"] >= m.start_head
+        post_live(2)
+        client.wait_delivered()
+        wait_for(lambda: (registry.cursor(m.new) or 0) >= service.rt.docstore.head(), "dual-write to catch up")
+        migrate.switch(new_cfg, {})
+        wait_for(lambda: any(b.get("generation") == m.new for _, b in loop.answers[-3:]), "queries on new")
+        post_live(3)
+        migrate.rollback(new_cfg, {})
+        wait_for(lambda: all(b.get("generation") == old_gen for _, b in loop.answers[-2:]), "queries on old")
+        migrate.switch(new_cfg, {})
+        post_live(4)
+        client.wait_delivered()
+        wait_for(lambda: (registry.cursor(m.new) or 0) >= service.rt.docstore.head(), "dual-write to catch up")
+        time.sleep(0.5)
+        loop.stop.set()
+        loop.join(60)
+        names = tables(tmp_path, registry)
+        old_rows, new_rows = table_rows(tmp_path, names[old_gen]), table_rows(tmp_path, names[m.new])
+
+    # 0 errors, and every answer from exactly one generation, whose table holds its chunks
+    assert loop.answers and all(code == 200 for code, _ in loop.answers), \
+        [b for c, b in loop.answers if c != 200][:3]
+    assert loop.generations() == {old_gen, m.new}
+    for _, body in loop.answers:
+        rows = old_rows if body["generation"] == old_gen else new_rows
+        for result in body["results"]:
+            for chunk in result["chunks"]:
+                assert chunk["id"] in rows and rows[chunk["id"]]["text"] == chunk["text"], \
+                    (body["generation"], chunk["id"])
+    # both generations hold every live document (dual-write both ways until finish)
+    for rows in (old_rows, new_rows):
+        assert set(live) <= {r["doc_id"] for r in rows.values()}
+    if change == "chunking":
+        assert len(new_rows) > len(old_rows)  # 128-token chunks: more of them
+    else:
+        shared = [i for i in old_rows if i in new_rows]
+        assert shared and all(not _close(old_rows[i]["vector"], new_rows[i]["vector"]) for i in shared)
+
+    # finish: the old generation's table is dropped; queries go on from the new one
+    out = migrate.finish(new_cfg, {}, after_s=0)
+    assert out["dropped"] is True
+    assert names[old_gen] not in LocalSink(tmp_path / "lancedb")._db.list_tables().tables
+    assert registry.migration() is None and registry.serving() == m.new
+    registry.close()
+
+
+def _close(a, b) -> bool:  # noqa: ANN001
+    import numpy as np
+
+    return bool(np.allclose(np.asarray(a), np.asarray(b), atol=1e-4))
+
+
+def test_a_config_of_an_unknown_generation_is_refused(tmp_path, runtime_factory):
+    """Writing another model's vectors (or other chunks) into the serving targets is the
+    silent mix this prevents."""
+    from worker.errors import ConfigError
+
+    old = load_config(write_yaml(tmp_path, "old.yaml"), {})
+    runtime_factory(old)
+    new = load_config(write_yaml(tmp_path, "new.yaml", chunking={"max_tokens": 128, "overlap_tokens": 16}), {})
+    with pytest.raises(ConfigError, match="migrate plan"):
+        runtime_factory(new)
+
+
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def popen_cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "worker.cli", *args], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def load_files(config: Path) -> None:
+    for collection, name in ((GONG, "gong-calls-enriched.jsonl"), (SLACK, "slack-messages-enriched.jsonl")):
+        r = run_cli("reindex", "--config", str(config), "--collection", collection,
+                    str(REPO / "examples" / "stream" / name), "--quiet")
+        assert r.returncode == 0, r.stderr
+
+
+def test_kill_9_during_backfill_and_switch_then_resume_exactly(tmp_path):
+    old = write_yaml(tmp_path, "old.yaml")
+    new = write_yaml(tmp_path, "new.yaml", chunking={"max_tokens": 128, "overlap_tokens": 16})
+    load_files(old)
+    assert run_cli("migrate", "start", "--config", str(new)).returncode == 0
+    registry = open_registry(tmp_path / "state")
+    m = registry.migration()
+    rng = random.Random(14)
+    kills = 0
+    for _ in range(6):  # kill -9 the backfill at random instants, model load and pages alike
+        proc = popen_cli("migrate", "backfill", "--config", str(new), "--quiet")
+        time.sleep(rng.uniform(3.0, 12.0))
+        if proc.poll() is None:
+            proc.kill()
+            kills += 1
+        proc.wait()
+        if (registry.cursor(m.new) or 0) >= m.start_head:
+            break
+    assert kills >= 1
+    r = run_cli("migrate", "backfill", "--config", str(new), "--quiet", "--json")
+    assert r.returncode == 0, r.stderr
+    assert registry.cursor(m.new) == m.start_head
+    for delay in (0.5, 2.0, 4.0):  # and the switch
+        proc = popen_cli("migrate", "switch", "--config", str(new))
+        time.sleep(delay)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        phase, serving = registry.migration().phase, registry.serving()
+        assert phase in ("dual_write", "switching", "switched")
+        assert serving == (m.new if phase == "switched" else m.old)
+    assert run_cli("migrate", "switch", "--config", str(new)).returncode == 0
+    assert (registry.migration().phase, registry.serving()) == ("switched", m.new)
+
+    # exact: the resumed backfill equals a clean rebuild of the same generation from the store
+    killed = table_rows(tmp_path, tables(tmp_path, registry)[m.new])
+    clean_cfg = write_yaml(tmp_path, "clean.yaml", chunking={"max_tokens": 128, "overlap_tokens": 16},
+                           sinks={"local": {"path": str(tmp_path / "clean")}})
+    assert run_cli("reindex", "--from-store", "--config", str(clean_cfg), "--quiet").returncode == 0
+    sink = LocalSink(tmp_path / "clean", table=tables(tmp_path, registry)[m.new])
+    clean = {r["id"]: r for r in sink.rows()}
+    sink.close()
+    registry.close()
+    assert killed.keys() == clean.keys() and killed
+    for i, row in clean.items():
+        assert killed[i]["text"] == row["text"] and _close(killed[i]["vector"], row["vector"])
+
+
+def test_a_rebuild_from_the_document_store_equals_one_from_the_original_files(tmp_path):
+    files = write_yaml(tmp_path, "files.yaml")
+    load_files(files)
+    rebuilt = write_yaml(tmp_path, "rebuilt.yaml", sinks={"local": {"path": str(tmp_path / "rebuilt")}})
+    r = run_cli("reindex", "--from-store", "--config", str(rebuilt), "--json")
+    assert r.returncode == 0, r.stderr
+    assert orjson.loads(r.stdout.strip().splitlines()[-1])["written"] > 0
+    original = table_rows(tmp_path, "chunks")
+    sink = LocalSink(tmp_path / "rebuilt")
+    from_store = {r["id"]: r for r in sink.rows()}
+    sink.close()
+    assert original.keys() == from_store.keys() and original
+    for i, row in original.items():
+        other = from_store[i]
+        assert {k: v for k, v in row.items() if k != "vector"} == {k: v for k, v in other.items() if k != "vector"}
+        assert _close(row["vector"], other["vector"])
+    # the deletes in the stream are tombstones in the store, and stay deleted in the rebuild
+    from worker.docstore import DocumentStore
+
+    store = DocumentStore(tmp_path / "state" / "documents.sqlite")
+    tombstones = {row.doc_id for row in store.iter_all() if row.deleted}
+    store.close()
+    assert tombstones and not tombstones & {r["doc_id"] for r in from_store.values()}
