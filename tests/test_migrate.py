@@ -140,17 +140,43 @@ def test_queries_never_fail_or_mix_through_every_step(change, tmp_path, service_
         post_live(4)
         client.wait_delivered()
         wait_for(lambda: (registry.cursor(m.new) or 0) >= service.rt.docstore.head(), "dual-write to catch up")
+        with pytest.raises(Exception, match="primary"):  # the old generation is this service's primary
+            migrate.finish(new_cfg, {}, after_s=0)
+        migrate.rollback(new_cfg, {})  # finish waits; the migration is back to dual-write
+        migrate.switch(new_cfg, {})
         time.sleep(0.5)
         loop.stop.set()
         loop.join(60)
+    answers = list(loop.answers)
+
+    # the service restarts on the new config (a rolling restart): the roles swap, and the old
+    # generation is now the one fed from the store, so a rollback still serves it fresh
+    service = service_factory(new_cfg)
+    with serving(service) as client:
+        loop = QueryLoop(client)
+        loop.start()
+        post_live(5)
+        client.wait_delivered()
+        wait_for(lambda: (registry.cursor(old_gen) or 0) >= service.rt.docstore.head(), "old to follow")
+        migrate.rollback(new_cfg, {})
+        wait_for(lambda: all(b.get("generation") == old_gen for _, b in loop.answers[-2:]), "queries on old")
+        migrate.switch(new_cfg, {})
+        wait_for(lambda: any(b.get("generation") == m.new for _, b in loop.answers[-2:]), "queries on new")
         names = tables(tmp_path, registry)
         old_rows, new_rows = table_rows(tmp_path, names[old_gen]), table_rows(tmp_path, names[m.new])
+        # finish: the old generation's table is dropped; queries go on from the new one
+        out = migrate.finish(new_cfg, {}, after_s=0)
+        assert out["dropped"] is True
+        wait_for(lambda: not service.generations.others, "the service to let the old generation go")
+        assert client.query(QUESTIONS[0]).json()["generation"] == m.new
+        loop.stop.set()
+        loop.join(60)
+    answers += loop.answers
 
     # 0 errors, and every answer from exactly one generation, whose table holds its chunks
-    assert loop.answers and all(code == 200 for code, _ in loop.answers), \
-        [b for c, b in loop.answers if c != 200][:3]
-    assert loop.generations() == {old_gen, m.new}
-    for _, body in loop.answers:
+    assert answers and all(code == 200 for code, _ in answers), [b for c, b in answers if c != 200][:3]
+    assert {b.get("generation") for _, b in answers} == {old_gen, m.new}
+    for _, body in answers:
         rows = old_rows if body["generation"] == old_gen else new_rows
         for result in body["results"]:
             for chunk in result["chunks"]:
@@ -164,10 +190,6 @@ def test_queries_never_fail_or_mix_through_every_step(change, tmp_path, service_
     else:
         shared = [i for i in old_rows if i in new_rows]
         assert shared and all(not _close(old_rows[i]["vector"], new_rows[i]["vector"]) for i in shared)
-
-    # finish: the old generation's table is dropped; queries go on from the new one
-    out = migrate.finish(new_cfg, {}, after_s=0)
-    assert out["dropped"] is True
     assert names[old_gen] not in LocalSink(tmp_path / "lancedb")._db.list_tables().tables
     assert registry.migration() is None and registry.serving() == m.new
     registry.close()
@@ -279,3 +301,65 @@ def test_a_rebuild_from_the_document_store_equals_one_from_the_original_files(tm
     tombstones = {row.doc_id for row in store.iter_all() if row.deleted}
     store.close()
     assert tombstones and not tombstones & {r["doc_id"] for r in from_store.values()}
+
+
+def test_a_migration_on_the_pinecone_and_weaviate_emulators(tmp_path):
+    """Each generation in its own Pinecone namespace and Weaviate collection; the Weaviate alias
+    follows switch and rollback; finish drops the old namespace and collection."""
+    from tests.emulators.pinecone import PineconeEmulator
+    from tests.emulators.weaviate import WeaviateEmulator
+    from worker.runtime import build_retriever, build_runtime
+
+    try:
+        from pinecone._internal.http_client import get_budget_registry
+
+        get_budget_registry()._reset()  # the SDK's per-host budget is process-global
+    except (ImportError, AttributeError):
+        pass
+    with PineconeEmulator(seed=3) as pc, WeaviateEmulator(seed=3) as wv:
+        host = pc.create_index("memory", 384, "cosine")
+        sinks = {"pinecone": {"api_key": "test-key", "index": "memory", "index_host": host,
+                              "controller_host": pc.control_url, "timeout_s": 2.0},
+                 "weaviate": {"url": wv.url, "grpc_host": "127.0.0.1", "grpc_port": wv.grpc_port,
+                              "collection": "MemoryChunk", "alias": "Memory", "timeout_s": 2.0}}
+        retry = {"max_attempts": 8, "max_elapsed_s": 30, "initial_backoff_s": 0.01, "max_backoff_s": 0.05}
+        old_cfg = load_config(write_yaml(tmp_path, "old.yaml", sinks=sinks, retry=retry), {})
+        new_cfg = load_config(write_yaml(tmp_path, "new.yaml", sinks=sinks, retry=retry,
+                                         chunking={"max_tokens": 128, "overlap_tokens": 16}), {})
+        rt = build_runtime(old_cfg, {})
+        try:
+            docs, _ = rt.pipeline.validate(GONG, load_stream(GONG))
+            rt.pipeline.apply(docs)
+        finally:
+            rt.close()
+        old_ids = set(pc.vectors("memory"))
+        m = migrate.start(new_cfg, {})
+        migrate.backfill(new_cfg, {}, progress=False)
+        ns = f"__{m.new}"
+        new_ids = set(pc.vectors("memory", ns))
+        assert new_ids and len(new_ids) > len(old_ids)  # smaller chunks, in their own namespace
+        assert set(pc.vectors("memory")) == old_ids  # the old namespace is untouched
+        assert len(wv.objects(f"MemoryChunk_{m.new}")) == len(new_ids)
+        migrate.switch(new_cfg, {})
+        assert wv.aliases() == {"Memory": f"MemoryChunk_{m.new}"}
+        for sink, ids in (("pinecone", new_ids), ("weaviate", None)):
+            retriever = build_retriever(old_cfg, {}, sink=sink)  # any config: it reads the serving one
+            answer = retriever.search(migrate_request(sink))
+            for s in retriever.sinks.values():
+                s.close()
+            assert answer.results
+            if ids is not None:
+                assert {c.id for r in answer.results for c in r.chunks} <= ids
+        migrate.rollback(new_cfg, {})
+        assert wv.aliases() == {"Memory": "MemoryChunk"}
+        migrate.switch(new_cfg, {})
+        assert migrate.finish(new_cfg, {}, after_s=0)["dropped"] is True
+        assert pc.vectors("memory") == {} and set(pc.vectors("memory", ns)) == new_ids
+        assert wv.objects("MemoryChunk") == {} and wv.objects(f"MemoryChunk_{m.new}")
+        assert wv.aliases() == {"Memory": f"MemoryChunk_{m.new}"}
+
+
+def migrate_request(sink: str):  # noqa: ANN201
+    from worker.query import parse_request
+
+    return parse_request({"text": QUESTIONS[0], "k": 3, "sink": sink, "mode": "vector"})

@@ -30,13 +30,18 @@ from worker import priority
 from worker.configbase import RetryConfig
 from worker.delivery import _Loop
 from worker.docstore import DocumentStore
+from worker.errors import TransientError
 from worker.migration import Registry
 from worker.records import ApplyStats
 
 log = logging.getLogger(__name__)
 
 #: A follower holds its lease this long past its last page (then anyone may take over).
-LEASE_S = 30.0
+LEASE_S = 60.0
+
+
+class LeaseLost(TransientError):
+    """Another process took over a generation's follower (ours was too slow to renew)."""
 
 
 @dataclass(slots=True)
@@ -80,6 +85,8 @@ class StoreFollower:
         rows = self.store.changes(self.cursor(), limit=self.page, through=through)
         if not rows:
             return 0
+        if not self.acquire():  # renewed before every page, so a slow page cannot outlive it
+            raise LeaseLost(f"{self.owner} lost the follow lease of {self.generation}")
         pipeline = self.rt.pipeline  # type: ignore[attr-defined]
         docs = []
         run: list = []

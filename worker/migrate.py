@@ -200,7 +200,9 @@ def backfill(config: WorkerConfig, env: Mapping[str, str], *, progress: bool, en
     lease = f"follow:{target}"
     bar = tqdm(total=store.head(), unit="change", disable=not progress, desc=f"backfill {target}",
                file=sys.stderr)
+    rt = build_generation_runtime(registry, target, env)  # the model loads before the lease is taken
     if not registry.acquire(lease, owner, LEASE_S):
+        rt.close()
         holder = registry.lease_holder(lease)
         deadline = time.monotonic() + wait_s
         while (registry.cursor(target) or 0) < m.start_head and time.monotonic() < deadline:
@@ -209,7 +211,6 @@ def backfill(config: WorkerConfig, env: Mapping[str, str], *, progress: bool, en
             time.sleep(0.5)
         bar.close()
         return {"generation": target, "by": holder, "cursor": registry.cursor(target), "head": store.head()}
-    rt = build_generation_runtime(registry, target, env)
     try:
         follower = StoreFollower(rt, store, registry, target, owner=owner)
         head = store.head()

@@ -368,6 +368,11 @@ def adopt_prepared(rt: Runtime, prepared: PreparedStore) -> None:
         return
     held = registry.pointer("prepared")
     if held is not None and held != gen.id:
+        if registry.cursor(held) is None and rt.docstore is not None:
+            # It was the primary: everything stored so far reached its sinks, except what the
+            # undelivered records below carry (rewound to) and entries still spooled (stored
+            # again, with new change numbers, when this primary prepares them).
+            registry.set_cursor(held, rt.docstore.head())
         doc_ids = prepared.undelivered_doc_ids()
         if doc_ids:
             if rt.docstore is None:
@@ -381,8 +386,6 @@ def adopt_prepared(rt: Runtime, prepared: PreparedStore) -> None:
             dropped = prepared.drop_all()
             registry.note("restart", f"primary {held} → {gen.id}: {dropped} prepared records of {held} "
                                      f"dropped; its follower re-applies from store change {rewound}")
-    elif held is None and registry.cursor(gen.id) is None:
-        pass
     if held != gen.id:
         # A generation fed from the store until now: its store follower's cursor says what it
         # has; the changes after it are applied by a catch-up follower (serving.py).

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -119,10 +120,10 @@ class ServedGenerations(threading.Thread):
         wanted = set()
         if migration is not None and self.store is not None:
             other = migration.other(self.primary_id)
-            if other is not None and migration.drop_generation != other:
+            due = (migration.phase == "finishing" and migration.finish_at is not None
+                   and time.time() >= migration.finish_at and migration.drop_generation == other)
+            if other is not None and not due:  # fed until its drop falls due
                 wanted.add(other)
-            elif other is not None and migration.phase == "finishing" and migration.drop_generation == other:
-                wanted.add(other)  # still fed until the drop
         for gen in list(self.others):
             if gen not in wanted:
                 self._retire(gen)

@@ -34,6 +34,12 @@ What it models (the parts the worker depends on):
   ``auto_limit`` applies. Sources are cited in that section.
 - Limits: ``QUERY_MAXIMUM_RESULTS`` (10,000) caps each ``BatchDelete`` (loop until nothing
   matches) and ``offset + limit`` of a search; ``QUERY_DEFAULTS_LIMIT`` (10) applies without a limit.
+- Aliases (Weaviate >= 1.32): ``/v1/aliases`` with the server's bodies, statuses and messages;
+  object operations (REST objects, gRPC ``Search``, ``BatchObjects``, ``BatchDelete``,
+  ``Aggregate``, ``TenantsGet``) and ``GET /v1/schema/{name}`` resolve an alias to its target,
+  collection management (update, add property, delete) does not. Sources are cited in that section.
+- Server version: ``WeaviateEmulator(version=...)`` sets what ``/v1/meta`` reports (default
+  ``SERVER_VERSION``); below 1.32 the alias routes do not exist (404), as on an older server.
 - Index requirements the real server enforces: filtering needs an inverted index on the
   property (filterable, searchable or rangeable), ``_creationTimeUnix``/``_lastUpdateTimeUnix`` need
   ``indexTimestamps``, ``IsNull`` needs ``indexNullState``, ``len(prop)`` needs
@@ -42,7 +48,8 @@ What it models (the parts the worker depends on):
 Operations (for ``FaultPlan`` and ``RecordedRequest.op``): gRPC ``batch_objects``, ``search``,
 ``batch_delete``, ``aggregate``, ``tenants_get``, ``health``; REST ``meta``, ``schema_get``,
 ``schema_create``, ``schema_update``, ``schema_delete``, ``objects``, ``nodes``, ``tenants``,
-``ready``, ``live``, ``oidc``. ``op="*"`` matches every operation except the probes (``health``,
+``aliases_get``, ``aliases_create``, ``aliases_update``, ``aliases_delete``, ``ready``, ``live``,
+``oidc``. ``op="*"`` matches every operation except the probes (``health``,
 ``ready``, ``live``, ``oidc``); ``set_down(True)`` takes those down too.
 
 Hazard: a ``deadline`` fault parks a server thread for ``stall_s``; ``stop()`` releases it.
@@ -65,7 +72,7 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import grpc
 import numpy as np
@@ -84,6 +91,7 @@ from weaviate.proto.v1 import (
 )
 
 SERVER_VERSION = "1.33.0"
+ALIASES_SINCE = (1, 32)
 GRPC_MAX_MESSAGE_BYTES = 104_858_000
 QUERY_MAXIMUM_RESULTS = 10_000
 QUERY_DEFAULTS_LIMIT = 10
@@ -93,7 +101,8 @@ KNOWN_OPS = frozenset(
     {
         "batch_objects", "search", "batch_delete", "aggregate", "tenants_get", "health",
         "meta", "schema_get", "schema_create", "schema_update", "schema_delete", "objects",
-        "nodes", "tenants", "ready", "live", "oidc", "*",
+        "nodes", "tenants", "aliases_get", "aliases_create", "aliases_update", "aliases_delete",
+        "ready", "live", "oidc", "*",
     }
 )
 REQUEST_FAULT_KINDS = frozenset({"unavailable", "deadline", "internal", "500", "503", "429", "drop"})
@@ -1470,17 +1479,20 @@ def _to_properties(schema_props: list[dict[str, Any]] | None, values: dict[str, 
 class WeaviateEmulator:
     """In-process Weaviate (REST on ``http_port``, gRPC on ``grpc_port``), see the module docstring.
 
-    ``api_key`` may be reassigned while running (simulates a rotated key). ``requests`` grows for
+    ``api_key`` may be reassigned while running (simulates a rotated key); so may ``version``
+    (what ``/v1/meta`` reports; clients read it when they connect). ``requests`` grows for
     the emulator's lifetime; ``calls(op)`` filters it. Thread-safe: one lock guards the store.
     """
 
-    def __init__(self, api_key: str | None = None, *, seed: int = 0) -> None:
+    def __init__(self, api_key: str | None = None, *, seed: int = 0, version: str = SERVER_VERSION) -> None:
         self.api_key = api_key
+        self.version = version
         self.faults = FaultPlan(seed)
         self.requests: list[RecordedRequest] = []
         self.http_port = 0
         self.grpc_port = 0
         self._collections: dict[str, _Collection] = {}
+        self._aliases: dict[str, str] = {}  # canonical alias name -> class name, as the server keeps them
         self._lock = threading.RLock()
         self._record_lock = threading.Lock()
         self._down = False
@@ -1590,6 +1602,25 @@ class WeaviateEmulator:
         if coll is None:
             raise _not_found(f"could not find class {_capitalise(name)} in schema")
         return coll
+
+    def _data_collection(self, name: str) -> _Collection:
+        """The collection an object operation names, through an alias if it is one (the server
+        resolves aliases before every data operation; a dangling alias names a missing class)."""
+        return self._collection(self._resolve_alias(name))
+
+    def _resolve_alias(self, name: str) -> str:
+        """``schema.ResolveAlias``: the first letter is upper-cased, then an exact lookup."""
+        canonical = _capitalise(name)
+        return self._aliases.get(canonical, canonical)
+
+    def aliases(self) -> dict[str, str]:
+        """Snapshot: alias -> target class."""
+        with self._lock:
+            return dict(self._aliases)
+
+    def supports_aliases(self) -> bool:
+        match = re.match(r"^v?(\d+)\.(\d+)", self.version)
+        return match is None or (int(match.group(1)), int(match.group(2))) >= ALIASES_SINCE
 
     def _coerce_properties(self, coll: _Collection, raw: dict[str, Any]) -> dict[str, Any]:
         """Coerce by the schema; unknown properties are added to it (auto-schema)."""
@@ -1748,7 +1779,7 @@ class _Servicer(weaviate_pb2_grpc.WeaviateServicer):
                 try:
                     if obj.tenant:
                         raise _invalid("emulator does not implement multi-tenancy")
-                    coll = emu._collection(obj.collection)
+                    coll = emu._data_collection(obj.collection)
                     uid = str(uuid_lib.UUID(obj.uuid))
                     single = _unpack_f32(obj.vector_bytes) if obj.vector_bytes else (
                         np.asarray(obj.vector, np.float32) if len(obj.vector) else None
@@ -1789,7 +1820,7 @@ class _Servicer(weaviate_pb2_grpc.WeaviateServicer):
         if request.autocut and not {"bm25_search", "hybrid_search"} & set(searches):
             raise _unimplemented("autocut outside bm25 and hybrid search")
         with emu._lock:
-            coll = emu._collection(request.collection)
+            coll = emu._data_collection(request.collection)
             predicate = _FilterCompiler(coll).compile(request.filters) if request.HasField("filters") else None
             distances: dict[str, float] = {}
             scored: dict[str, _Scored] = {}
@@ -2052,7 +2083,7 @@ class _Servicer(weaviate_pb2_grpc.WeaviateServicer):
         if not request.HasField("filters"):
             raise _invalid("batch delete needs a filter")
         with emu._lock:
-            coll = emu._collection(request.collection)
+            coll = emu._data_collection(request.collection)
             predicate = _FilterCompiler(coll).compile(request.filters)
             matched: list[str] = []
             for uid, obj in coll.objects.items():
@@ -2082,7 +2113,7 @@ class _Servicer(weaviate_pb2_grpc.WeaviateServicer):
         if request.tenant:
             raise _invalid("emulator does not implement multi-tenancy")
         with emu._lock:
-            coll = emu._collection(request.collection)
+            coll = emu._data_collection(request.collection)
             predicate = _FilterCompiler(coll).compile(request.filters) if request.HasField("filters") else None
             matched = [o for u, o in coll.objects.items() if predicate is None or predicate(u, o)]
             single = aggregate_pb2.AggregateReply.Single()
@@ -2098,7 +2129,7 @@ class _Servicer(weaviate_pb2_grpc.WeaviateServicer):
 
     def _tenants_get(self, request: tenants_pb2.TenantsGetRequest) -> tenants_pb2.TenantsGetReply:
         with self.emu._lock:
-            self.emu._collection(request.collection)
+            self.emu._data_collection(request.collection)
         return tenants_pb2.TenantsGetReply(took=0.0)
 
 
@@ -2264,6 +2295,11 @@ _ROUTES: list[tuple[str, re.Pattern[str], str, str]] = [
     ("PATCH", re.compile(rf"^/v1/objects/(?P<cls>\w+)/(?P<uid>{_UUID_PATH})$"), "objects", "_object_patch"),
     ("PUT", re.compile(rf"^/v1/objects/(?P<cls>\w+)/(?P<uid>{_UUID_PATH})$"), "objects", "_object_put"),
     ("ANY", re.compile(r"^/v1/schema/(?P<cls>\w+)/tenants(?:/.*)?$"), "tenants", "_tenants_refuse"),
+    ("GET", re.compile(r"^/v1/aliases$"), "aliases_get", "_aliases_list"),
+    ("POST", re.compile(r"^/v1/aliases$"), "aliases_create", "_alias_create"),
+    ("GET", re.compile(r"^/v1/aliases/(?P<alias>[^/]+)$"), "aliases_get", "_alias_get"),
+    ("PUT", re.compile(r"^/v1/aliases/(?P<alias>[^/]+)$"), "aliases_update", "_alias_update"),
+    ("DELETE", re.compile(r"^/v1/aliases/(?P<alias>[^/]+)$"), "aliases_delete", "_alias_delete"),
 ]
 _PUBLIC_OPS = frozenset({"oidc", "ready", "live"})
 _REST_FAULT_STATUS = {"unavailable": 503, "503": 503, "internal": 500, "500": 500, "429": 429}
@@ -2329,8 +2365,10 @@ class _RestHandler(BaseHTTPRequestHandler):
         for route_method, pattern, op, handler in _ROUTES:
             match = pattern.match(split.path)
             if match and route_method in (method, "ANY"):
-                route = (op, handler, match.groupdict())
+                route = (op, handler, {k: unquote(v) for k, v in match.groupdict().items() if v is not None})
                 break
+        if route is not None and route[0].startswith("aliases_") and not self.emu.supports_aliases():
+            route = None  # a server older than 1.32 has no such path
         op = route[0] if route else "unknown"
         rec = self.emu._record(
             RecordedRequest(time.time(), "rest", op, method, self.path, headers, body)
@@ -2402,7 +2440,7 @@ class _RestHandler(BaseHTTPRequestHandler):
     def _meta(self, **_: Any) -> Any:
         return {
             "hostname": "http://[::]:8080",
-            "version": SERVER_VERSION,
+            "version": self.emu.version,
             "modules": {},
             "grpcMaxMessageSize": GRPC_MAX_MESSAGE_BYTES,
         }
@@ -2416,12 +2454,19 @@ class _RestHandler(BaseHTTPRequestHandler):
         with self.emu._lock:
             if schema["class"] in self.emu._collections:
                 raise _invalid(f"class name {schema['class']} already exists")
+            # cluster/schema/manager.go PreApplyFilter (v1.33.0): aliases are checked first
+            similar = next((a for a in self.emu._aliases if a.lower() == schema["class"].lower()), None)
+            if similar == schema["class"]:
+                raise _invalid(f"alias name {similar} already exists")
+            if similar is not None:
+                raise _invalid(f'class already exists: found similar alias "{similar}"')
             self.emu._collections[schema["class"]] = _Collection(schema)
             return json.loads(json.dumps(schema))
 
     def _schema_get(self, cls: str, **_: Any) -> Any:
         with self.emu._lock:
-            coll = self.emu._collections.get(_capitalise(cls))
+            # GetConsistentClass resolves an alias: GET /v1/schema/{alias} answers its target
+            coll = self.emu._collections.get(self.emu._resolve_alias(cls))
             if coll is None:
                 raise _RestReply(404, None)
             return json.loads(json.dumps(coll.schema))
@@ -2479,7 +2524,7 @@ class _RestHandler(BaseHTTPRequestHandler):
         node: dict[str, Any] = {
             "name": "weaviate-emulator-0",
             "status": "HEALTHY",
-            "version": SERVER_VERSION,
+            "version": self.emu.version,
             "gitHash": "emulator",
             "batchStats": {"queueLength": 0, "ratePerSecond": 0},
             "stats": {"objectCount": sum(s["objectCount"] for s in shards), "shardCount": len(shards)},
@@ -2487,6 +2532,85 @@ class _RestHandler(BaseHTTPRequestHandler):
         if (query or {}).get("output") == "verbose":
             node["shards"] = shards
         return {"nodes": [node]}
+
+    # -- aliases --------------------------------------------------------------------------
+    # Built from weaviate/weaviate at tag v1.33.0 (the version this emulator reports):
+    #   openapi-specs/schema.json: paths /aliases (GET ?class=, POST) and /aliases/{aliasName}
+    #     (GET, PUT, DELETE); definitions Alias {alias, class} and AliasResponse {aliases: [Alias]};
+    #   adapters/handlers/rest/handlers_aliases.go: statuses. Create answers 200 with the
+    #     (canonicalised) request body and 422 for every refusal; get/update/delete answer 404 with
+    #     no body for an unknown alias; update 200 {alias, class}, other refusals 422; delete 204;
+    #   usecases/schema/alias.go: names are upper-cased in their first letter (UppercaseClassName),
+    #     the alias name is validated like a class name, the list's ?class= filter on a missing
+    #     class is an empty list, update looks the alias up by exact canonical name;
+    #   cluster/raft_alias_apply_endpoints.go: a missing target class is "class does not exist:
+    #     bad request" (create and update);
+    #   cluster/schema/schema.go createAlias/replaceAlias/deleteAlias/getAliases and
+    #     cluster/schema/manager.go apply (errors wrapped "updating schema: TYPE_CREATE_ALIAS: ...");
+    #     an existing alias (case-insensitive) is refused before a clash with a class name; deleting
+    #     a class leaves its aliases in place (dangling); replace is one raft command, so atomic.
+    # Alias resolution in data operations: adapters/handlers/grpc/v1/service.go (Search, Aggregate,
+    # BatchDelete, TenantsGet), adapters/handlers/grpc/v1/batch/handler.go (BatchObjects: writes
+    # through an alias are allowed), usecases/objects/*.go (REST objects), usecases/schema/class.go
+    # GetConsistentClass (GET /v1/schema/{alias}); DeleteClass and UpdateClass do not resolve.
+    # The client side: weaviate-client 4.24.1 weaviate/aliases/executor.py.
+
+    def _aliases_list(self, query: dict[str, str], **_: Any) -> Any:
+        wanted = query.get("class")
+        with self.emu._lock:
+            if wanted:
+                cls = _capitalise(wanted)
+                if cls not in self.emu._collections:
+                    return {"aliases": []}  # "Optional class Filter not found"
+                pairs = [(a, c) for a, c in self.emu._aliases.items() if c == cls]
+            else:
+                pairs = list(self.emu._aliases.items())
+        return {"aliases": [{"alias": a, "class": c} for a, c in sorted(pairs)]}
+
+    def _alias_create(self, body: Any, **_: Any) -> Any:
+        body = body if isinstance(body, dict) else {}
+        alias = _capitalise(str(body.get("alias") or ""))
+        target = _capitalise(str(body.get("class") or ""))
+        if len(alias) > 255:
+            raise _invalid(f"'{alias}' is not a valid alias name. Name should not be longer than 255 characters")
+        if not _CLASS_RE.match(alias):
+            raise _invalid(f"'{alias}' is not a valid alias name")
+        with self.emu._lock:
+            if target not in self.emu._collections:
+                raise _invalid("class does not exist: bad request")
+            prefix = "updating schema: TYPE_CREATE_ALIAS: create alias:"
+            if any(a.lower() == alias.lower() for a in self.emu._aliases):
+                raise _invalid(f"{prefix} {alias}, alias already exists")
+            if alias in self.emu._collections:
+                raise _invalid(f"{prefix} class {alias} already exists")
+            self.emu._aliases[alias] = target
+        return {"alias": alias, "class": target}
+
+    def _alias_get(self, alias: str, **_: Any) -> Any:
+        name = _capitalise(alias)
+        with self.emu._lock:
+            target = self.emu._aliases.get(name)
+        if target is None:
+            raise _RestReply(404, None)
+        return {"alias": name, "class": target}
+
+    def _alias_update(self, alias: str, body: Any, **_: Any) -> Any:
+        name = _capitalise(alias)
+        target = _capitalise(str((body or {}).get("class") or "")) if isinstance(body, dict) else ""
+        with self.emu._lock:
+            if name not in self.emu._aliases:
+                raise _RestReply(404, None)
+            if target not in self.emu._collections:
+                raise _invalid("class does not exist: bad request")
+            self.emu._aliases[name] = target  # one step under the store lock: readers see old or new
+        return {"alias": name, "class": target}
+
+    def _alias_delete(self, alias: str, **_: Any) -> Any:
+        name = _capitalise(alias)
+        with self.emu._lock:
+            if self.emu._aliases.pop(name, None) is None:
+                raise _RestReply(404, None)
+        return _RestReply(204, None)
 
     # -- single objects -------------------------------------------------------------------
 
@@ -2508,7 +2632,7 @@ class _RestHandler(BaseHTTPRequestHandler):
         if body.get("tenant"):
             raise _invalid("emulator does not implement multi-tenancy")
         with self.emu._lock:
-            coll = self.emu._collection(body.get("class") or "")
+            coll = self.emu._data_collection(body.get("class") or "")
             uid = str(uuid_lib.UUID(body["id"])) if body.get("id") else str(uuid_lib.uuid4())
             if uid in coll.objects:
                 raise _invalid(f"id '{uid}' already exists")
@@ -2517,7 +2641,7 @@ class _RestHandler(BaseHTTPRequestHandler):
 
     def _object_list(self, query: dict[str, str], **_: Any) -> Any:
         with self.emu._lock:
-            coll = self.emu._collection(query.get("class") or "")
+            coll = self.emu._data_collection(query.get("class") or "")
             limit = int(query.get("limit") or 25)
             after = (query.get("after") or "").lower()
             ids = [u for u in sorted(coll.objects) if u > after][:limit]
@@ -2526,24 +2650,24 @@ class _RestHandler(BaseHTTPRequestHandler):
 
     def _object_head(self, cls: str, uid: str, **_: Any) -> Any:
         with self.emu._lock:
-            coll = self.emu._collection(cls)
+            coll = self.emu._data_collection(cls)
             return _RestReply(204 if uid.lower() in coll.objects else 404, None)
 
     def _object_get(self, cls: str, uid: str, query: dict[str, str], **_: Any) -> Any:
         with self.emu._lock:
-            coll = self.emu._collection(cls)
+            coll = self.emu._data_collection(cls)
             if uid.lower() not in coll.objects:
                 raise _RestReply(404, None)
             return _object_json(coll, uid.lower(), "vector" in (query.get("include") or ""))
 
     def _object_delete(self, cls: str, uid: str, **_: Any) -> Any:
         with self.emu._lock:
-            coll = self.emu._collection(cls)
+            coll = self.emu._data_collection(cls)
             return _RestReply(204 if coll.delete(uid.lower()) else 404, None)
 
     def _object_patch(self, cls: str, uid: str, body: Any, **_: Any) -> Any:
         with self.emu._lock:
-            coll = self.emu._collection(cls)
+            coll = self.emu._data_collection(cls)
             existing = coll.objects.get(uid.lower())
             if existing is None:
                 raise _RestReply(404, None)
@@ -2552,7 +2676,7 @@ class _RestHandler(BaseHTTPRequestHandler):
 
     def _object_put(self, cls: str, uid: str, body: Any, **_: Any) -> Any:
         with self.emu._lock:
-            coll = self.emu._collection(cls)
+            coll = self.emu._data_collection(cls)
             if uid.lower() not in coll.objects:
                 raise _RestReply(404, _error_body(f"object {uid} not found"))
             self._write(coll, uid.lower(), body or {}, None)

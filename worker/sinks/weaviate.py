@@ -73,6 +73,7 @@ from worker.records import QueryFilter, QueryHit, SinkAnswer, SinkQuery, StoredD
 from worker.sinks.base import (OnRetry, SinkInfo, SinkKind, UpsertOutcome, hit_from_metadata,
                                stored_from_metadata)
 from worker.sinks.vendor import VendorSink, parse_retry_after
+from worker.sinks.weaviate_alias import WeaviateAliases
 from worker.sinks.weaviate_wire import (ALL_PROPERTIES, FETCH_BATCH_IDS, MAX_QUERY_RESULTS, VECTOR_NAME,
                                         GrpcUnavailable, ObjectsFailing, check_collection, fail_fast_grpc,
                                         install_log_filter, object_error_kind, schema_properties,
@@ -92,6 +93,9 @@ class WeaviateSinkConfig(Strict):
     timeout_s: float = Field(default=10.0, gt=0)
     batch_objects: int = Field(default=200, ge=1)
     max_parallel_requests: int = Field(default=2, ge=1, le=16)
+    #: A collection alias (server >= 1.32) ``migrate switch``/``rollback`` keep pointing at the
+    #: serving generation's collection, for other readers; must differ from every collection.
+    alias: str | None = None
 
 
 class WeaviateSink(VendorSink):
@@ -126,6 +130,7 @@ class WeaviateSink(VendorSink):
         self._http_retry_after = threading.local()
         self._vector_name: str | None = VECTOR_NAME
         self._dims: int | None = None
+        self._aliases = WeaviateAliases(self._call_client, f"{url.scheme}://{url.netloc}")
         install_log_filter()
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -185,6 +190,10 @@ class WeaviateSink(VendorSink):
             raise
         except (WeaviateBaseError, GrpcUnavailable, grpc.RpcError, httpx.HTTPError, OSError) as exc:
             raise self._translate(exc, what) from exc
+
+    def _call_client(self, what: str, fn: Callable[[Any], T]) -> T:
+        """``fn(client)`` under our retry policy, for calls not bound to our collection."""
+        return self._call(what, lambda _coll: fn(self._client))
 
     def _translate(self, exc: BaseException, what: str) -> WorkerError:
         retry_after = self._http_retry_after.__dict__.pop("value", None)
@@ -448,6 +457,27 @@ class WeaviateSink(VendorSink):
             fusion_type=HybridFusion.RELATIVE_SCORE, query_properties=["text"], limit=limit,
             filters=flt, return_metadata=MetadataQuery(score=True), return_properties=returned))
         return SinkAnswer(self._hits(result.objects, lambda m: float(m.score or 0.0)), "hybrid")
+
+    # -- aliases (index generations; contracts in worker.sinks.weaviate_alias) ------------------
+    def point_alias(self, alias: str, collection: str) -> None:
+        """Create ``alias`` or repoint it (atomically) at ``collection``; idempotent."""
+        self._aliases.point(alias, collection)
+
+    def alias_target(self, alias: str) -> str | None:
+        """The collection ``alias`` points at; None if there is no such alias."""
+        return self._aliases.target(alias)
+
+    def drop_alias(self, alias: str) -> None:
+        """Delete ``alias`` (missing is fine); its collection stays."""
+        self._aliases.drop(alias)
+
+    def drop_collection(self, name: str) -> None:
+        """Delete collection ``name`` (missing is fine); ConfigError while an alias points to it."""
+        self._aliases.drop_collection(name)
+
+    def drop_target(self) -> None:
+        """``migrate finish``: delete this generation's collection."""
+        self.drop_collection(self._collection_name)
 
     def info(self) -> SinkInfo:
         """One attempt per call, no retries: this is a probe for ``check`` and /readyz."""
