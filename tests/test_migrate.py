@@ -151,7 +151,14 @@ def test_queries_never_fail_or_mix_through_every_step(change, tmp_path, service_
 
     # the service restarts on the new config (a rolling restart): the roles swap, and the old
     # generation is now the one fed from the store, so a rollback still serves it fresh
-    service = service_factory(new_cfg)
+    if change == "pooling":  # the session's shared model is the old one: load the new one
+        from worker.metrics import Metrics
+        from worker.runtime import build_service
+
+        service = build_service(new_cfg, {}, metrics=Metrics())
+    else:
+        service = service_factory(new_cfg)
+    assert service.rt.generation.id == m.new
     with serving(service) as client:
         loop = QueryLoop(client)
         loop.start()

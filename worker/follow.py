@@ -21,9 +21,11 @@ deterministic ids, the version guard, unchanged documents skipped).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from worker import priority
@@ -96,9 +98,26 @@ class StoreFollower:
                 parsed, _ = pipeline.preparer.parse(row.collection, run, store=False)
                 docs.extend(parsed)
                 run = []
-        self.stats.add(pipeline.apply(docs))
+        with self._renewing():  # a page can take longer than the lease on a busy host
+            self.stats.add(pipeline.apply(docs))
         self.registry.advance(self.generation, rows[-1].seq, owner=self.owner, lease_s=LEASE_S)
         return len(rows)
+
+    @contextlib.contextmanager
+    def _renewing(self) -> Iterator[None]:
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(LEASE_S / 4):
+                self.acquire()
+
+        beat = threading.Thread(target=renew, name=f"lease-{self.generation}", daemon=True)
+        beat.start()
+        try:
+            yield
+        finally:
+            done.set()
+            beat.join()
 
     def run_to(self, head: int, *, on_progress: Callable[[FollowProgress], None] | None = None,
                stop: Callable[[], bool] = lambda: False) -> FollowProgress:
