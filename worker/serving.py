@@ -58,6 +58,10 @@ class RoutedRetriever:
     def sources(self) -> Any:  # noqa: ANN401
         return self._g.serving_retriever()[1].sources()
 
+    def __getattr__(self, name: str) -> Any:  # noqa: ANN401
+        """Everything else (catalog, collections, screen …) from the serving generation's."""
+        return getattr(self._g.serving_retriever()[1], name)
+
 
 class ServedGenerations(threading.Thread):
     """The primary runtime plus, during a migration, the other side's runtime and follower."""
