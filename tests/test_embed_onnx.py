@@ -40,3 +40,17 @@ def test_onnx_int8_backend_meets_the_quality_bar_on_sample_chunks(embedder, samp
     with EmbeddingEngine(again, max_batch_tokens=2048, max_wait_ms=1) as engine:
         through_engine = engine.embed(sample_chunks)
     assert check_int8_quality(embedder.embed_ids(ids), through_engine).accepted
+
+
+def test_weights_are_7_bit_only_on_x86_without_vnni(monkeypatch):
+    """ONNX Runtime's u8×s8 kernel saturates without VNNI; reduce_range is for exactly those."""
+    import platform
+
+    from worker.embed_onnx import x86_without_vnni
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    assert x86_without_vnni("processor: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n")
+    assert not x86_without_vnni("flags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    assert not x86_without_vnni("flags\t\t: fpu avx2 avx_vnni\n")
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert not x86_without_vnni("flags\t\t: fp asimd\n")

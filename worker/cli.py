@@ -118,6 +118,8 @@ def generation_report(config: WorkerConfig, spec: Any) -> dict[str, Any]:  # noq
         return out
     registry = open_registry(Path(config.state_dir))
     try:
+        gen = registry.identify(gen)  # a config that only adds or removes bindings keeps its generation
+        out["config"] = gen.id
         serving, m = registry.serving(), registry.migration()
         out["serving"] = serving
         row = registry.generation(serving) if serving else None

@@ -302,6 +302,12 @@ class WorkerConfig(Strict):
     #: (path, YAML text) this config was read from (load_config), for the generation registry.
     _source: tuple[str, str] | None = PrivateAttr(default=None)
 
+    def __eq__(self, other: object) -> bool:
+        """Two configs are equal when their settings are: where they were read from is not one."""
+        if not isinstance(other, WorkerConfig):
+            return NotImplemented
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
     @model_validator(mode="after")
     def _cross_checks(self) -> WorkerConfig:
         seen: set[str] = set()

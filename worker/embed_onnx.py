@@ -90,6 +90,22 @@ def export_onnx(reference: Embedder, directory: Path) -> Path:
     return fp32_path
 
 
+def x86_without_vnni(cpuinfo: str | None = None) -> bool:
+    """Whether this is an x86 CPU with no VNNI (AVX512-VNNI, AVX-VNNI or AMX) instructions."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return False
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False  # not Linux: ONNX Runtime's own dispatch decides
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
+                  if line.startswith("flags")), [])
+    return not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
+
+
 class OnnxInt8Embedder:
     """ONNX Runtime, int8 weights (dynamic, per-channel quantization), CPU only.
 
@@ -140,7 +156,11 @@ class OnnxInt8Embedder:
             # Written under a temporary name first: a crash mid-write must not leave a file that
             # a restart would load as if it were complete.
             partial = int8_path.with_name("model-int8.onnx.partial")
+            # MatMuls only: quantizing the embedding Gathers costs cosine for no speed. On x86
+            # without VNNI, ONNX Runtime's u8×s8 kernel (VPMADDUBSW) saturates its int16 pair
+            # sums; 7-bit weights (reduce_range) avoid that, as its documentation advises.
             quantize_dynamic(str(fp32_path), str(partial), per_channel=True,
+                             reduce_range=x86_without_vnni(), op_types_to_quantize=["MatMul"],
                              weight_type=QuantType.QInt8)
             partial.replace(int8_path)
         return cls(int8_path, reference=reference, cpu_threads=cpu_threads)

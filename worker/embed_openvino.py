@@ -71,6 +71,10 @@ def openvino_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("openvino", "nncf", "onnx", "onnxscript"))
 
 
+#: Tokens per row of the warm-up batch that starts the CPU plugin's threads.
+WARM_UP_TOKENS = 128
+
+
 def _on_background_thread(fn: Callable[[], T]) -> T:
     """Run ``fn`` on a fresh thread at the background priority and return its result (or raise
     its exception): threads OpenVINO starts inside ``fn`` inherit that priority."""
@@ -143,9 +147,14 @@ class OpenVinoEmbedder:
         self._compiled = ov.Core().compile_model(str(model_xml), "CPU", {
             "PERFORMANCE_HINT": performance_hint, "INFERENCE_NUM_THREADS": threads})
         self._request = self._compiled.create_infer_request()
-        # The first inference starts the CPU plugin's worker threads: run it here, on the build's
-        # background-priority thread, so that they inherit that priority.
-        self._request.infer(self.prepare([[reference.info.cls_id, reference.info.sep_id]]))
+        # The first inferences start the CPU plugin's worker threads: run them here, on the
+        # build's background-priority thread, so that they inherit that priority. A tiny input
+        # may start only some of them (the thread pool grows with demand, launched from the
+        # thread that asks); a full batch asks for them all.
+        info = reference.info
+        self._request.infer(self.prepare([[info.cls_id, info.sep_id]]))
+        filler = [info.cls_id] + [info.sep_id] * (WARM_UP_TOKENS - 2) + [info.sep_id]
+        self._request.infer(self.prepare([filler] * max(8, 2 * threads)))
 
     @classmethod
     def build(cls, reference: Embedder, directory: Path, *, onnx_directory: Path,

@@ -6,12 +6,14 @@ A **generation** is everything that decides what a sink stores for a document:
   dimensions, similarity, pooling, normalization, max sequence and passage prompt
   (:attr:`ModelSpec.fingerprint`);
 * chunking: ``max_tokens``, ``overlap_tokens``;
-* per binding: the text mapping (preset, text/title pointers, chunker) and the privacy policy,
-  plus a digest of ``privacy.pseudonym_secret`` (pseudonyms change with it; the digest reveals
-  nothing about it).
+* per binding: its chunker and its privacy policy, plus a digest of
+  ``privacy.pseudonym_secret`` (pseudonyms change with it; the digest reveals nothing about it).
 
 Metadata fields, quality rules, sink settings and everything operational are not part of it:
-they change no vector and no chunk text.
+they change no vector and no chunk text. Nor is a binding's text mapping (preset, text/title
+pointers): fixing one (then ``dlq replay``) changes the text of the documents it re-delivers, in
+the same vector space, which is the fix, not a mix. Adding or removing a binding is no new
+generation either (:func:`compatible`): it changes no stored vector of another binding.
 
 Each sink writes each generation to its own **target**, so two generations never share one:
 
@@ -72,8 +74,7 @@ def generation_parts(config: WorkerConfig, spec: ModelSpec) -> dict[str, Any]:
     bindings = {}
     for b in sorted(config.bindings, key=lambda b: b.collection):
         privacy = b.privacy.model_dump(mode="json") if b.privacy is not None and b.privacy.enabled else None
-        bindings[b.collection] = {"preset": b.preset, "text": list(b.text or ()), "title": b.title,
-                                  "chunker": b.chunker, "privacy": privacy}
+        bindings[b.collection] = {"chunker": b.chunker, "privacy": privacy}
     return {
         "model": {"id": spec.id, "fingerprint": spec.fingerprint, "revision": model_revision(spec),
                   "dimensions": spec.dimensions, "similarity": spec.similarity,
@@ -89,6 +90,28 @@ def generation_of(config: WorkerConfig, spec: ModelSpec) -> Generation:
     parts = generation_parts(config, spec)
     digest = hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()
     return Generation(f"g{digest[:ID_HEX]}", digest, parts)
+
+
+#: The parts every binding shares; any difference in them is a new vector space or chunking.
+CORE_PARTS = ("model", "chunking", "pseudonym_secret")
+
+
+def compatible(known: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether a config whose generation parts are ``new`` writes what the generation with parts
+    ``known`` holds: the same model, chunking and pseudonym secret, and the same chunker and
+    privacy policy for every binding both have. A binding only one of them has is no conflict:
+    adding or removing a collection changes no stored vector of another."""
+    if any(known.get(k) != new.get(k) for k in CORE_PARTS):
+        return False
+    a, b = known.get("bindings", {}), new.get("bindings", {})
+    return all(a[c] == b[c] for c in a.keys() & b.keys())
+
+
+def merged(known: Generation, new: Generation) -> Generation:
+    """``known`` with the bindings of ``new`` it lacks (a compatible config added them); its id
+    and fingerprint stay those of the config that created it."""
+    bindings = {**new.parts.get("bindings", {}), **known.parts.get("bindings", {})}
+    return Generation(known.id, known.fingerprint, {**known.parts, "bindings": bindings})
 
 
 def diff_parts(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:

@@ -66,11 +66,14 @@ def _store(config: WorkerConfig):  # noqa: ANN202
     return DocumentStore(path)
 
 
-def _new_generation(config: WorkerConfig, env: Mapping[str, str]) -> tuple[Any, Generation]:  # noqa: ANN401
+def _new_generation(config: WorkerConfig, env: Mapping[str, str],
+                    registry: Registry | None = None) -> tuple[Any, Generation]:  # noqa: ANN401
+    """The config's generation: a recorded one it is compatible with (``registry``), else its own."""
     from worker.modelspec import load_spec
 
     spec = load_spec(config.model, models_dir=config.models_dir, env=env)
-    return spec, generation_of(config, spec)
+    gen = generation_of(config, spec)
+    return spec, registry.identify(gen) if registry is not None else gen
 
 
 def _migration(registry: Registry) -> Migration:
@@ -90,7 +93,7 @@ def plan(config: WorkerConfig, env: Mapping[str, str]) -> dict[str, Any]:
 
     registry = _registry(config)
     serving = registry.serving()
-    spec, gen = _new_generation(config, env)
+    spec, gen = _new_generation(config, env, registry)
     old = registry.generation(serving) if serving else None
     out: dict[str, Any] = {"serving": serving, "new": gen.id}
     if old is not None and old.id == gen.id:
@@ -153,7 +156,7 @@ def start(config: WorkerConfig, env: Mapping[str, str]) -> Migration:
 
     registry = _registry(config)
     serving = registry.serving()
-    spec, gen = _new_generation(config, env)
+    spec, gen = _new_generation(config, env, registry)
     if serving == gen.id:
         raise ConfigError(f"the config's generation {gen.id} already serves: nothing to migrate")
     m = registry.migration()
@@ -191,7 +194,7 @@ def backfill(config: WorkerConfig, env: Mapping[str, str], *, progress: bool, en
 
     registry = _registry(config)
     m = _migration(registry)
-    _, gen = _new_generation(config, env)
+    _, gen = _new_generation(config, env, registry)
     target = m.new if gen.id in (m.new, m.old) else None
     if target is None:
         raise ConfigError(f"the config's generation {gen.id} is not part of migration {m.old} → {m.new}")

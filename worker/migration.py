@@ -123,6 +123,23 @@ class Registry:
             ids = [r[0] for r in self._conn.execute("SELECT id FROM generations ORDER BY created_at")]
         return [g for g in (self.generation(i) for i in ids) if g is not None]
 
+    def identify(self, gen: Generation) -> Generation:
+        """The recorded generation a config with generation ``gen`` writes: ``gen``'s own row,
+        else a live one it is :func:`~worker.generation.compatible` with (the serving one first,
+        then the migration's sides), with the config's extra bindings merged in; else ``gen``
+        itself (unknown here)."""
+        from worker.generation import compatible, merged
+
+        row = self.generation(gen.id)
+        if row is not None and row.dropped_at is None:
+            return Generation(row.id, row.fingerprint, row.parts)
+        m = self.migration()
+        for gen_id in dict.fromkeys(i for i in (self.serving(), m and m.new, m and m.old) if i):
+            row = self.generation(gen_id)
+            if row is not None and row.dropped_at is None and compatible(row.parts, gen.parts):
+                return merged(Generation(row.id, row.fingerprint, row.parts), gen)
+        return gen
+
     def pointer(self, name: str = "serving") -> str | None:
         r = self._one("SELECT generation FROM pointers WHERE name=?", (name,))
         return r[0] if r else None
@@ -176,6 +193,21 @@ class Registry:
             conn.execute("INSERT INTO pointers VALUES ('serving', ?, ?)", (gen.id, time.time()))
             self._event(conn, "adopt", f"{gen.id} serves, with the configured target names")
             return gen.id
+
+    def extend(self, gen: Generation, *, config_yaml: str, config_path: str) -> None:
+        """Record the bindings a compatible config added to generation ``gen`` (from
+        :meth:`identify`), and that config as the generation's, so a runtime built from the
+        record (the follower, a rollback) knows those bindings too."""
+        with self._lock, transaction(self._conn, immediate=True) as conn:
+            r = conn.execute("SELECT parts FROM generations WHERE id=?", (gen.id,)).fetchone()
+            if r is None:
+                return
+            added = sorted(set(gen.parts["bindings"]) - set(json.loads(r[0]).get("bindings", {})))
+            if not added:
+                return
+            conn.execute("UPDATE generations SET parts=?, config_yaml=?, config_path=? WHERE id=?",
+                         (json.dumps(gen.parts), config_yaml, config_path, gen.id))
+            self._event(conn, "extend", f"{gen.id}: bindings {', '.join(added)} added (a compatible config)")
 
     def set_pointer(self, name: str, gen_id: str) -> None:
         with self._lock, transaction(self._conn) as conn:
@@ -281,16 +313,21 @@ def open_registry(state_dir: Path) -> Registry:
     return Registry(Path(state_dir) / "generations.sqlite")
 
 
-def resolve_targets(registry: Registry, config: Any, gen: Generation) -> Any:  # noqa: ANN401
-    """The config pointed at ``gen``'s own targets: the configured names for the generation a
-    fresh state directory adopts, the recorded targets for a known one. A config whose
-    generation this state directory does not know is refused: writing it to the configured
-    names would mix two vector spaces (or two chunkings) in one target."""
+def resolve_targets(registry: Registry, config: Any, gen: Generation) -> tuple[Any, Generation]:  # noqa: ANN401
+    """The config pointed at its generation's own targets, and that generation: the configured
+    names for the generation a fresh state directory adopts, the recorded targets for a known
+    (or compatible, :meth:`Registry.identify`) one. A config whose generation this state
+    directory does not know is refused: writing it to the configured names would mix two
+    vector spaces (or two chunkings) in one target."""
     from worker.config import config_source
     from worker.generation import targeted
 
     path, text = config_source(config)
     serving = registry.adopt(gen, config_yaml=text, config_path=path)
+    known = registry.identify(gen)
+    if known.id != gen.id:
+        registry.extend(known, config_yaml=text, config_path=path)
+        gen = known
     row = registry.generation(gen.id)
     if row is None or row.dropped_at is not None:
         state = "was dropped" if row is not None else "is not known here"
@@ -299,4 +336,4 @@ def resolve_targets(registry: Registry, config: Any, gen: Generation) -> Any:  #
             f"{registry.path.parent}. Writing it to the same targets would mix two generations: "
             f"run `memory-worker migrate plan --config {path}` then `migrate start`, or use "
             "another state_dir and targets")
-    return targeted(config, row.targets)
+    return targeted(config, row.targets), gen

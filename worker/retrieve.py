@@ -47,8 +47,10 @@ class Retriever:
     priority over ingest; or the model directly in the CLI)."""
 
     def __init__(self, *, embed_query: Callable[[str], Any], sinks: Mapping[str, Any],  # noqa: ANN401
-                 catalog: FieldCatalog, sources: Mapping[str, str], screen: Any = None) -> None:  # noqa: ANN401
+                 catalog: FieldCatalog, sources: Mapping[str, str], screen: Any = None,  # noqa: ANN401
+                 generation: str | None = None) -> None:
         self.embed_query = embed_query
+        self.generation = generation  # the index generation these sinks' targets hold
         self.sinks = sinks
         self.catalog = catalog
         self.collections = dict(sources)  # collection -> source
@@ -80,7 +82,7 @@ class Retriever:
             answer = ask(req.k)
             results: Any = [self._chunk_result(h) for h in answer.hits]
             return QueryResponse(sink=sink_name, mode=answer.mode, group="chunk", results=results,
-                                 warnings=answer.warnings)
+                                 warnings=answer.warnings, generation=self.generation)
         n = min(MAX_CANDIDATES, max(32, req.k * req.chunks_per_doc * 4))
         while True:
             answer = ask(n)
@@ -93,7 +95,7 @@ class Retriever:
         docs = [self._document_result(hits[:req.chunks_per_doc], context.get(hits[0].doc_id))
                 for hits in chosen]
         return QueryResponse(sink=sink_name, mode=answer.mode, group="document", results=docs,
-                             warnings=answer.warnings)
+                             warnings=answer.warnings, generation=self.generation)
 
     def _context(self, sink: Any, groups: list[list[QueryHit]], n: int) -> dict[str, list[QueryHit]]:  # noqa: ANN401
         wanted: dict[str, list[str]] = {}

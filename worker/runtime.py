@@ -122,7 +122,8 @@ class Runtime:
         """Queries over these sinks, embedded through the engine (priority over ingest)."""
         return Retriever(embed_query=engine_query_embedder(self.embedder, self.engine), sinks=self.sinks,
                          catalog=self.config.field_catalog(), screen=self.screen,
-                         sources={c: b.source for c, b in self.bindings.items()})
+                         sources={c: b.source for c, b in self.bindings.items()},
+                         generation=self.generation.id if self.generation is not None else None)
 
     def close(self) -> None:
         self.engine.stop()
@@ -172,7 +173,9 @@ def build_runtime(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
     registry = open_registry(state)
     generation = generation_of(config, spec)
     if resolve:
-        config = resolve_targets(registry, config, generation)
+        config, generation = resolve_targets(registry, config, generation)
+    else:
+        generation = registry.identify(generation)
     docstore = open_store(state, config.documents.store) if store_documents else None
     cache = None
     if config.embedding.cache_max_entries:
@@ -251,23 +254,24 @@ def build_generation_runtime(registry: Registry, gen_id: str, env: Mapping[str, 
     return rt
 
 
-def serving_config(config: WorkerConfig, env: Mapping[str, str]) -> WorkerConfig:
-    """What a query reads: the serving generation's config and targets (``config`` itself on a
-    state directory with no registry yet, or when it is the serving generation's)."""
+def serving_config(config: WorkerConfig, env: Mapping[str, str]) -> tuple[WorkerConfig, str | None]:
+    """What a query reads: the serving generation's config and targets, and its id (``config``
+    itself and no id on a state directory with no registry yet; ``config`` pointed at the
+    serving targets when it is the serving generation's)."""
     path = Path(config.state_dir) / "generations.sqlite"
     if not path.exists():
-        return config
+        return config, None
     registry = open_registry(Path(config.state_dir))
     try:
         serving = registry.serving()
         if serving is None:
-            return config
+            return config, None
         spec = load_spec(config.model, models_dir=config.models_dir, env=env)
-        if generation_of(config, spec).id == serving:
+        if registry.identify(generation_of(config, spec)).id == serving:
             from worker.generation import targeted
 
-            return targeted(config, registry.generation(serving).targets)  # type: ignore[union-attr]
-        return generation_config(registry, serving, env)
+            return targeted(config, registry.generation(serving).targets), serving  # type: ignore[union-attr]
+        return generation_config(registry, serving, env), serving
     finally:
         registry.close()
 
@@ -278,7 +282,7 @@ def build_retriever(config: WorkerConfig, env: Mapping[str, str] | None = None, 
     never creates an index) and the bindings' screen for masking queries. No engine thread.
     It reads the *serving* generation (worker/migration.py), whatever ``config``'s is."""
     env = dict(os.environ) if env is None else env
-    served = serving_config(config, env)
+    served, generation = serving_config(config, env)
     if served is not config:
         if served.model != config.model:
             embedder = None
@@ -290,7 +294,7 @@ def build_retriever(config: WorkerConfig, env: Mapping[str, str] | None = None, 
     screen = Screen(bindings, secret=secret.get_secret_value().encode() if secret is not None else None)
     return Retriever(embed_query=embedder.embed_query, sinks=build_sinks(config, only=sink),
                      catalog=config.field_catalog(), screen=screen,
-                     sources={c: b.source for c, b in bindings.items()})
+                     sources={c: b.source for c, b in bindings.items()}, generation=generation)
 
 
 def build_service(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
