@@ -220,6 +220,35 @@ def test_a_config_of_an_unknown_generation_is_refused(tmp_path, runtime_factory)
         runtime_factory(new)
 
 
+def test_adding_removing_or_remapping_a_binding_keeps_the_generation(tmp_path, runtime_factory):
+    """Only what changes stored vectors or chunks makes a new generation: a new collection, a
+    dropped one or a fixed text mapping writes into the serving targets, a privacy change of a
+    binding both configs have does not."""
+    from worker.errors import ConfigError
+
+    tickets = {"collection": "acme/tickets", "source": "tickets", "key": ["/id"], "text": ["/body"]}
+    first = runtime_factory(load_config(write_yaml(tmp_path, "a.yaml"), {}))
+    serving = first.generation.id
+    bindings = [{"collection": GONG, "preset": "gong_call"}, {"collection": SLACK, "preset": "slack_message"}]
+    same = {
+        "added": bindings + [tickets],
+        "removed": bindings[:1] + [tickets],
+        "remapped": bindings[:1] + [{**tickets, "text": ["/body", "/description"]}],
+    }
+    for name, b in same.items():
+        rt = runtime_factory(load_config(write_yaml(tmp_path, f"{name}.yaml", bindings=b), {}))
+        assert rt.generation.id == serving, name
+        assert rt.config.sinks.local.table == "chunks", name  # the configured (serving) target
+    registry = open_registry(tmp_path / "state")
+    assert set(registry.generation(serving).parts["bindings"]) == {GONG, SLACK, "acme/tickets"}
+    assert [e for e in registry.events(50) if e[1] == "extend"]  # recorded once, when tickets came
+    registry.close()
+
+    private = {**tickets, "privacy": {"default_action": "redact"}}
+    with pytest.raises(ConfigError, match="migrate plan"):
+        runtime_factory(load_config(write_yaml(tmp_path, "private.yaml", bindings=bindings + [private]), {}))
+
+
 def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout)

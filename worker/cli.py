@@ -54,7 +54,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     out["generation"] = generation_report(config, spec)
     ok = out["generation"]["matches"] is not False
     sinks_out = {}
-    for name, sink in build_sinks(config).items():
+    # Probe the targets the config's generation writes (a later generation's own table,
+    # collection or namespace), not the configured names.
+    for name, sink in build_sinks(generation_targeted(config, spec)).items():
         try:
             info = sink.info()
         except WorkerError as exc:
@@ -104,6 +106,21 @@ def cmd_check(args: argparse.Namespace) -> int:
         print("settings (secrets masked):")
         print(json.dumps(out["settings"], indent=2, default=str))
     return 0 if ok else 1
+
+
+def generation_targeted(config: WorkerConfig, spec: Any) -> WorkerConfig:  # noqa: ANN401
+    """``config`` pointed at its generation's recorded targets (as is, if none is recorded)."""
+    from worker.generation import generation_of, targeted
+    from worker.migration import open_registry
+
+    if not (Path(config.state_dir) / "generations.sqlite").exists():
+        return config
+    registry = open_registry(Path(config.state_dir))
+    try:
+        row = registry.generation(registry.identify(generation_of(config, spec)).id)
+        return targeted(config, row.targets) if row is not None and row.dropped_at is None else config
+    finally:
+        registry.close()
 
 
 def generation_report(config: WorkerConfig, spec: Any) -> dict[str, Any]:  # noqa: ANN401
