@@ -22,6 +22,7 @@ unchanged: a checkpoint only copies committed pages into the database file.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from pathlib import Path
 from worker import priority
 from worker.errors import SpoolFull
 from worker.sqlite import connect
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -42,6 +45,10 @@ CREATE TABLE IF NOT EXISTS entries (
 #: Entries from the webhook (durable here) vs. from a Kafka topic partition (``kafka:<topic>:<n>``,
 #: durable in the broker; the spool is only a buffer for them, see :mod:`worker.sources.kafka`).
 WEBHOOK = "webhook"
+
+
+#: Consecutive failed WAL checkpoints before (and between) warnings.
+CHECKPOINT_WARN_AFTER = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,12 +193,17 @@ class _Checkpointer(threading.Thread):
 
     def run(self) -> None:
         priority.background()
+        failed = 0
         while not self._halt.wait(self._interval_s):
             try:
                 self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 self.runs += 1
-            except Exception:  # noqa: BLE001 - a busy or closing database: the next tick retries
-                continue
+                failed = 0
+            except Exception as exc:  # noqa: BLE001 - a busy or closing database: the next tick retries
+                failed += 1
+                if failed % CHECKPOINT_WARN_AFTER == 0:  # not one busy tick: a WAL that keeps growing
+                    log.warning("spool WAL checkpoint keeps failing",
+                                extra={"consecutive": failed, "error": str(exc)})
 
     def stop(self) -> None:
         self._halt.set()
