@@ -544,8 +544,12 @@ def test_cpu_image_pins_the_readme_torch_from_the_cpu_index_before_the_package()
     torch_run = next(n for n, r in enumerate(runs) if re.search(r"pip install .*torch", r))
     assert re.search(r'--index-url \$\{TORCH_INDEX_URL\} "torch==\$\{TORCH_VERSION\}"', runs[torch_run])
     assert "assert not torch.version.cuda" in runs[torch_run]
-    package_run = next(n for n, r in enumerate(runs) if re.search(r"pip install \.(\s|$)", r))
+    package_run = next(n for n, r in enumerate(runs) if re.search(r'pip install "?\.(\[[\w,]+\])?"?(\s|$)', r))
     assert torch_run < package_run and "assert not torch.version.cuda" in runs[package_run]
+    # the CPU image runs the int8 backend (backend: auto picks OpenVINO when it is installed)
+    assert 'pip install ".[int8]"' in runs[package_run] and "import openvino" in runs[package_run]
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert {"openvino", "nncf", "onnxruntime"} <= {re.split(r"[<>=\[ ]", d)[0] for d in extras["int8"]}
 
 
 def test_cpu_image_bakes_the_model_and_never_reaches_a_hub_at_run_time():
