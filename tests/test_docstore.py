@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 
 import orjson
 import pyarrow.parquet as pq
@@ -130,3 +131,42 @@ def test_a_masked_store_document_screens_to_what_its_raw_one_does(tmp_path):
             masked_something += masked != raw
             seen += 1
     assert seen > 50 and masked_something >= 5  # the stream has PII to mask, and it was masked
+
+
+def _gen(bindings: dict, chunking: int = 256):  # noqa: ANN202
+    from worker.generation import Generation
+
+    parts = {"model": {"id": "m"}, "chunking": {"max_tokens": chunking}, "pseudonym_secret": None,
+             "bindings": bindings}
+    fp = hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return Generation(f"g{fp[:10]}", fp, parts)
+
+
+def test_the_registry_maps_a_compatible_config_to_its_generation_and_refuses_ambiguity(tmp_path):
+    from worker.errors import ConfigError
+    from worker.migration import open_registry
+
+    plain, masked = {"chunker": None, "privacy": None}, {"chunker": None, "privacy": {"default_action": "redact"}}
+    registry = open_registry(tmp_path)
+    a = _gen({"x": plain, "y": plain})
+    registry.adopt(a, config_yaml="a", config_path="a.yaml")
+    # one more binding: the same generation, with it recorded; another chunking: unknown
+    with_z = _gen({"x": plain, "y": plain, "z": plain})
+    assert registry.identify(with_z).id == a.id
+    registry.extend(registry.identify(with_z), config_yaml="a+z", config_path="az.yaml")
+    assert set(registry.generation(a.id).parts["bindings"]) == {"x", "y", "z"}
+    assert registry.generation(a.id).config_yaml == "a+z"
+    assert registry.identify(_gen({"x": plain}, chunking=128)).id != a.id
+    assert registry.identify(_gen({"x": masked})).id != a.id  # a shared binding's policy differs
+    # a migration a → b (x masked): a config without x fits both sides, so it is refused
+    b = _gen({"x": masked, "y": plain, "z": plain})
+    registry.register(b, config_yaml="b", config_path="b.yaml", targets={"local": {"table": "t_b"}})
+    registry.begin(a.id, b.id, 0)
+    with pytest.raises(ConfigError, match="fits both generations"):
+        registry.identify(_gen({"y": plain}))
+    assert registry.identify(_gen({"x": masked, "y": plain})).id == b.id
+    # a binding added mid-migration would reach one side only: refused until it ends
+    with pytest.raises(ConfigError, match="in progress"):
+        registry.extend(registry.identify(_gen({"x": plain, "w": plain})), config_yaml="a+w", config_path="aw.yaml")
+    assert "w" not in registry.generation(a.id).parts["bindings"]
+    registry.close()

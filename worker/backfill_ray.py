@@ -361,7 +361,8 @@ def _stages(ray: Any, paths: list[str], cfg: StageConfig, ledger: Any, *, fmt: s
 
 
 def _run(ray: Any, config: WorkerConfig, env: Mapping[str, str], paths: list[str], *, fmt: str,  # noqa: ANN401
-         collection: str | None, actors: int, num_gpus: float, batch_docs: int, progress: bool) -> ApplyStats:
+         collection: str | None, actors: int, num_gpus: float, batch_docs: int, progress: bool,
+         generation: Any = None) -> ApplyStats:  # noqa: ANN401
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     spec = load_spec(config.model, models_dir=config.models_dir, env=env)
@@ -369,7 +370,7 @@ def _run(ray: Any, config: WorkerConfig, env: Mapping[str, str], paths: list[str
     driver = Embedder(spec, device="cpu", cpu_threads=config.embedding.cpu_threads, env=env)
     rt = build_runtime(config.model_copy(update={"embedding": config.embedding.model_copy(
         update={"backend": "torch", "device": "cpu", "devices": ()})}), env, embedder=driver,
-        store_documents=fmt == "fragments")
+        store_documents=fmt == "fragments", generation=generation)
     secret = config.privacy.pseudonym_secret
     cfg = StageConfig(uuidlib.uuid4().hex, config.bindings, config.embedding, spec,
                       rt.chunker, dict(rt.preparer.ledger_keys),
@@ -409,7 +410,7 @@ def _run(ray: Any, config: WorkerConfig, env: Mapping[str, str], paths: list[str
 def ray_backfill(config: WorkerConfig, env: Mapping[str, str], inputs: Sequence[str | Path], *,
                  fmt: Literal["store", "fragments"], collection: str | None = None,
                  address: str | None = None, actors: int = 1, num_gpus: float = 0.0,
-                 batch_docs: int = 64, progress: bool = False) -> ApplyStats:
+                 batch_docs: int = 64, progress: bool = False, generation: Any = None) -> ApplyStats:  # noqa: ANN401
     """Backfill ``config``'s sinks from a store export or Estuary fragments on Ray Data.
 
     ``fmt="store"``: JSON lines (``.jsonl``, ``.jsonl.gz``) ``{"collection", "document"}`` or
@@ -418,6 +419,8 @@ def ray_backfill(config: WorkerConfig, env: Mapping[str, str], inputs: Sequence[
     source). ``fmt="fragments"``: fragment files or prefixes (hive layout) of ``collection``;
     screened documents also go to the document store, as ``reindex`` does.
     ``address=None``: a local Ray on this host's cores (or the Ray already initialized).
+    ``generation``: the recorded generation ``config`` is already pointed at (its targets are
+    not resolved again); None: ``config`` is resolved as ``reindex`` resolves it.
     Returns the counts of one ``Pipeline.apply`` over everything; ``dead_lettered`` also counts
     unreadable and invalid documents (all in the dead-letter store).
     """
@@ -440,7 +443,7 @@ def ray_backfill(config: WorkerConfig, env: Mapping[str, str], inputs: Sequence[
         paths = [str(p) if "://" in str(p) else str(Path(p).resolve()) for p in inputs]
         total = _run(ray, config.model_copy(update={"state_dir": Path(config.state_dir).resolve()}), env,
                      paths, fmt=fmt, collection=collection, actors=actors, num_gpus=num_gpus,
-                     batch_docs=batch_docs, progress=progress)
+                     batch_docs=batch_docs, progress=progress, generation=generation)
     finally:
         if started:
             ray.shutdown()

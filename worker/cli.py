@@ -257,7 +257,8 @@ def _reindex_from_store(args: argparse.Namespace, config: WorkerConfig) -> int:
                 export = Path(tmp) / "documents.parquet"
                 store.export(export, fmt="parquet")
                 stats = ray_backfill(rt.config, _env(), [export], fmt="store", address=args.address,
-                                     actors=args.actors, num_gpus=args.num_gpus, progress=progress)
+                                     actors=args.actors, num_gpus=args.num_gpus, progress=progress,
+                                     generation=rt.generation)
         else:
             bar = tqdm(total=store.head(), unit="doc", disable=not progress, desc="reindex", file=sys.stderr)
             stats = rebuild_from_store(rt, store, on_page=bar.update, collection=args.collection)

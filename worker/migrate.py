@@ -247,7 +247,8 @@ def _ray_history(rt: Any, store: Any, registry: Registry, target: str, owner: st
     with tempfile.TemporaryDirectory(prefix="memory-worker-export-") as tmp:
         export = Path(tmp) / "documents.parquet"
         store.export(export, fmt="parquet", through=head)
-        ray_backfill(rt.config, env, [export], fmt="store", address=address, actors=actors, num_gpus=num_gpus)
+        ray_backfill(rt.config, env, [export], fmt="store", address=address, actors=actors, num_gpus=num_gpus,
+                     generation=rt.generation)
     registry.advance(target, head, owner=owner, lease_s=LEASE_S)
 
 

@@ -126,19 +126,27 @@ class Registry:
     def identify(self, gen: Generation) -> Generation:
         """The recorded generation a config with generation ``gen`` writes: ``gen``'s own row,
         else a live one it is :func:`~worker.generation.compatible` with (the serving one first,
-        then the migration's sides), with the config's extra bindings merged in; else ``gen``
-        itself (unknown here)."""
+        or a migration's side), with the config's extra bindings merged in; else ``gen`` itself
+        (unknown here). A config that fits both sides of a migration (it lacks the bindings
+        they differ in) is refused: which side it writes would depend on the serving pointer."""
         from worker.generation import compatible, merged
 
         row = self.generation(gen.id)
         if row is not None and row.dropped_at is None:
             return Generation(row.id, row.fingerprint, row.parts)
         m = self.migration()
+        fits = []
         for gen_id in dict.fromkeys(i for i in (self.serving(), m and m.new, m and m.old) if i):
             row = self.generation(gen_id)
             if row is not None and row.dropped_at is None and compatible(row.parts, gen.parts):
-                return merged(Generation(row.id, row.fingerprint, row.parts), gen)
-        return gen
+                fits.append(Generation(row.id, row.fingerprint, row.parts))
+        if len(fits) > 1:
+            a, b = (g.parts.get("bindings", {}) for g in fits[:2])
+            differ = sorted(c for c in a.keys() & b.keys() if a[c] != b[c])
+            raise ConfigError(f"the config fits both generations {fits[0].id} and {fits[1].id} of the "
+                              f"migration: it lacks the bindings they differ in ({', '.join(differ)}); "
+                              "add them to say which side it is")
+        return merged(fits[0], gen) if fits else gen
 
     def pointer(self, name: str = "serving") -> str | None:
         r = self._one("SELECT generation FROM pointers WHERE name=?", (name,))
@@ -205,6 +213,11 @@ class Registry:
             added = sorted(set(gen.parts["bindings"]) - set(json.loads(r[0]).get("bindings", {})))
             if not added:
                 return
+            m = conn.execute("SELECT old, new FROM migration WHERE id=1").fetchone()
+            if m is not None:  # the other side, fed from its own record, would never see them
+                raise ConfigError(f"bindings {', '.join(added)} are new, and migration {m[0]} → {m[1]} "
+                                  "is in progress: add them once it has finished (or rolled back), "
+                                  "or to the new config before `migrate start`")
             conn.execute("UPDATE generations SET parts=?, config_yaml=?, config_path=? WHERE id=?",
                          (json.dumps(gen.parts), config_yaml, config_path, gen.id))
             self._event(conn, "extend", f"{gen.id}: bindings {', '.join(added)} added (a compatible config)")

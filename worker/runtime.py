@@ -153,13 +153,15 @@ def build_runtime(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
                   sink: str | None = None, embedder: Embedder | None = None,
                   ensure_sinks: bool = True, metrics: Metrics | None = None,
                   prepared: PreparedStore | None = None, watch_drift: bool = False,
-                  resolve: bool = True, store_documents: bool = True) -> Runtime:
+                  resolve: bool = True, store_documents: bool = True,
+                  generation: Generation | None = None) -> Runtime:
     """The stages: model, engine, chunker, sinks, preparer, writers, and the direct pipeline.
 
     ``prepared`` (the service's store) lets the preparer see what lagging sinks will hold;
     without it (``reindex``, tests) prepare → write runs straight through :class:`Pipeline`.
     ``resolve``: point the sinks at the config's index generation (worker/migration.py); off
-    for a config already pointed there. ``store_documents``: screened documents go to the
+    for a config already pointed there. ``generation``: the recorded generation a config
+    already pointed at its targets belongs to (no resolving, no :meth:`Registry.identify`). ``store_documents``: screened documents go to the
     document store (off for a generation fed *from* the store).
     """
     env = dict(os.environ) if env is None else env
@@ -171,11 +173,12 @@ def build_runtime(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
     state = Path(config.state_dir)
     state.mkdir(parents=True, exist_ok=True)
     registry = open_registry(state)
-    generation = generation_of(config, spec)
-    if resolve:
-        config, generation = resolve_targets(registry, config, generation)
-    else:
-        generation = registry.identify(generation)
+    if generation is None:
+        generation = generation_of(config, spec)
+        if resolve:
+            config, generation = resolve_targets(registry, config, generation)
+        else:
+            generation = registry.identify(generation)
     docstore = open_store(state, config.documents.store) if store_documents else None
     cache = None
     if config.embedding.cache_max_entries:
@@ -245,13 +248,18 @@ def generation_config(registry: Registry, gen_id: str, env: Mapping[str, str]) -
 def build_generation_runtime(registry: Registry, gen_id: str, env: Mapping[str, str], *,
                              metrics: Metrics | None = None) -> Runtime:
     """The runtime of a recorded generation, fed from the document store (not writing it)."""
+    from worker.generation import compatible
+
     config = generation_config(registry, gen_id, env)
-    rt = build_runtime(config, env, resolve=False, store_documents=False)
-    if rt.generation is not None and rt.generation.id != gen_id:
-        rt.close()
-        raise ConfigError(f"generation {gen_id}'s recorded config now gives generation {rt.generation.id} "
+    row = registry.generation(gen_id)
+    assert row is not None  # generation_config checked
+    spec = load_spec(config.model, models_dir=config.models_dir, env=env)
+    own = generation_of(config, spec)
+    if own.id != gen_id and not compatible(row.parts, own.parts):
+        raise ConfigError(f"generation {gen_id}'s recorded config now gives generation {own.id} "
                           "(the model package or a policy changed under it); roll back that change")
-    return rt
+    return build_runtime(config, env, store_documents=False,
+                         generation=Generation(row.id, row.fingerprint, row.parts))
 
 
 def serving_config(config: WorkerConfig, env: Mapping[str, str]) -> tuple[WorkerConfig, str | None]:
