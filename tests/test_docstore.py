@@ -170,3 +170,24 @@ def test_the_registry_maps_a_compatible_config_to_its_generation_and_refuses_amb
         registry.extend(registry.identify(_gen({"x": plain, "w": plain})), config_yaml="a+w", config_path="aw.yaml")
     assert "w" not in registry.generation(a.id).parts["bindings"]
     registry.close()
+
+
+def test_a_lease_of_a_dead_process_on_this_host_is_taken_at_once(tmp_path):
+    """kill -9 leaves a lease until it expires; a dead local owner's is taken immediately, a
+    live one's or another host's is not."""
+    import subprocess
+    import sys
+
+    from worker.migration import open_registry, owner_alive, owner_id
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    gone = owner_id("backfill").rsplit(":", 1)[0] + f":{dead.pid}"
+    assert owner_alive(owner_id("service")) and not owner_alive(gone)
+    assert owner_alive("backfill:some-other-host:1")
+    registry = open_registry(tmp_path)
+    assert registry.acquire("follow:g1", gone, 60)
+    assert registry.acquire("follow:g1", owner_id("backfill"), 60)  # taken from the dead one
+    assert not registry.acquire("follow:g1", "backfill:some-other-host:1", 60)  # held by a live one
+    assert any(e[1] == "lease" for e in registry.events())
+    registry.close()

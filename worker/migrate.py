@@ -205,15 +205,19 @@ def backfill(config: WorkerConfig, env: Mapping[str, str], *, progress: bool, en
                file=sys.stderr)
     rt = build_generation_runtime(registry, target, env)  # the model loads before the lease is taken
     if not registry.acquire(lease, owner, LEASE_S):
-        rt.close()
+        # Someone follows already (the service, or another backfill): show its progress. Should
+        # it die, its lease frees (at once for a dead process on this host) and this one goes on.
         holder = registry.lease_holder(lease)
         deadline = time.monotonic() + wait_s
-        while (registry.cursor(target) or 0) < m.start_head and time.monotonic() < deadline:
+        while not registry.acquire(lease, owner, LEASE_S):
+            if (registry.cursor(target) or 0) >= m.start_head or time.monotonic() > deadline:
+                rt.close()
+                bar.close()
+                return {"generation": target, "by": holder, "cursor": registry.cursor(target),
+                        "head": store.head()}
             bar.n = registry.cursor(target) or 0
             bar.refresh()
             time.sleep(0.5)
-        bar.close()
-        return {"generation": target, "by": holder, "cursor": registry.cursor(target), "head": store.head()}
     try:
         follower = StoreFollower(rt, store, registry, target, owner=owner)
         head = store.head()

@@ -67,6 +67,22 @@ def owner_id(role: str) -> str:
     return f"{role}:{socket.gethostname()}:{os.getpid()}"
 
 
+def owner_alive(owner: str) -> bool:
+    """False only for an owner on this host whose process is gone (a kill -9): its lease can be
+    taken at once instead of when it expires. Another host's owner is taken for alive."""
+    _, _, rest = owner.partition(":")
+    host, _, pid = rest.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class GenerationRow:
     id: str
@@ -288,12 +304,14 @@ class Registry:
             conn.execute("INSERT OR REPLACE INTO cursors VALUES (?, ?, ?)", (gen_id, seq, time.time()))
 
     def acquire(self, name: str, owner: str, lease_s: float) -> bool:
-        """Take (or renew) a lease; False while someone else holds it."""
+        """Take (or renew) a lease; False while someone else (alive) holds it."""
         now = time.time()
         with self._lock, transaction(self._conn, immediate=True) as conn:
             r = conn.execute("SELECT owner, until FROM leases WHERE name=?", (name,)).fetchone()
             if r is not None and r[0] != owner and r[1] > now:
-                return False
+                if owner_alive(r[0]):
+                    return False
+                self._event(conn, "lease", f"{name}: taken by {owner} from {r[0]}, whose process is gone")
             conn.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?)", (name, owner, now + lease_s))
             return True
 
