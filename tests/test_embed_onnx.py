@@ -21,10 +21,17 @@ def test_onnx_int8_backend_is_refused_when_the_spec_does_not_allow_it(embedder, 
         OnnxInt8Embedder.build(NoInt8(), tmp_path)  # type: ignore[arg-type]
 
 
-def test_onnx_int8_backend_meets_the_quality_bar_on_sample_chunks(embedder, sample_chunks, tmp_path):
+@pytest.mark.parametrize("without_vnni", [False, True], ids=["s8-weights", "u8-weights-for-cpus-without-vnni"])
+def test_onnx_int8_backend_meets_the_quality_bar_on_sample_chunks(embedder, sample_chunks, tmp_path,
+                                                                  monkeypatch, without_vnni):
+    """Both weight types pass here; u8×u8 has no saturating kernel, so a CPU without VNNI
+    computes the same integers as this one."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
+    from worker import embed_onnx
     from worker.embed_onnx import OnnxInt8Embedder
+
+    monkeypatch.setattr(embed_onnx, "x86_without_vnni", lambda: without_vnni)
 
     int8 = OnnxInt8Embedder.build(embedder, tmp_path)
     ids = [c.token_ids for c in sample_chunks]
@@ -42,8 +49,8 @@ def test_onnx_int8_backend_meets_the_quality_bar_on_sample_chunks(embedder, samp
     assert check_int8_quality(embedder.embed_ids(ids), through_engine).accepted
 
 
-def test_weights_are_7_bit_only_on_x86_without_vnni(monkeypatch):
-    """ONNX Runtime's u8×s8 kernel saturates without VNNI; reduce_range is for exactly those."""
+def test_x86_without_vnni_is_told_apart(monkeypatch):
+    """ONNX Runtime's u8×s8 kernel saturates without VNNI; those CPUs get u8×u8 weights."""
     import platform
 
     from worker.embed_onnx import x86_without_vnni

@@ -158,10 +158,11 @@ class OnnxInt8Embedder:
             partial = int8_path.with_name("model-int8.onnx.partial")
             # MatMuls only: quantizing the embedding Gathers costs cosine for no speed. On x86
             # without VNNI, ONNX Runtime's u8×s8 kernel (VPMADDUBSW) saturates its int16 pair
-            # sums; 7-bit weights (reduce_range) avoid that, as its documentation advises.
+            # sums; its documentation advises u8×u8 weights there (no saturation, full 8 bits:
+            # on 96 sample chunks mean cosine 0.9929 vs s8's 0.9927 and 7-bit s8's 0.9904).
+            weights = QuantType.QUInt8 if x86_without_vnni() else QuantType.QInt8
             quantize_dynamic(str(fp32_path), str(partial), per_channel=True,
-                             reduce_range=x86_without_vnni(), op_types_to_quantize=["MatMul"],
-                             weight_type=QuantType.QInt8)
+                             op_types_to_quantize=["MatMul"], weight_type=weights)
             partial.replace(int8_path)
         return cls(int8_path, reference=reference, cpu_threads=cpu_threads)
 
