@@ -131,6 +131,16 @@ def test_queries_never_fail_or_mix_through_every_step(change, tmp_path, service_
         post_live(2)
         client.wait_delivered()
         wait_for(lambda: (registry.cursor(m.new) or 0) >= service.rt.docstore.head(), "dual-write to catch up")
+        # verify: the same questions through both generations, each with its own model and targets
+        asked = [q for q in orjson.loads((REPO / "examples" / "queries.json").read_bytes())
+                 if q["collection"] in (GONG, SLACK)]
+        (tmp_path / "queries.json").write_bytes(orjson.dumps(asked))
+        report = migrate.verify(new_cfg, {}, tmp_path / "queries.json", k=3, sink=None, modes=["vector"])
+        assert (report["old"]["generation"], report["new"]["generation"]) == (old_gen, m.new)
+        [old_run], [new_run] = report["old"]["runs"], report["new"]["runs"]
+        assert old_run["recall"] > 0.3 and 0.0 <= new_run["recall"] <= 1.0
+        if change == "chunking":  # same model: smaller chunks find about as much
+            assert new_run["recall"] >= old_run["recall"] - 0.2
         migrate.switch(new_cfg, {})
         wait_for(lambda: any(b.get("generation") == m.new for _, b in loop.answers[-3:]), "queries on new")
         post_live(3)

@@ -87,9 +87,7 @@ def _migration(registry: Registry) -> Migration:
 
 def plan(config: WorkerConfig, env: Mapping[str, str]) -> dict[str, Any]:
     """What starting a migration to ``config`` would do, and what the backfill costs."""
-    from worker.documents import Binding
-    from worker.runtime import build_chunker, load_model
-    from worker.screen import Screen
+    from worker.runtime import build_chunker, build_screen, load_model
 
     registry = _registry(config)
     serving = registry.serving()
@@ -116,9 +114,7 @@ def plan(config: WorkerConfig, env: Mapping[str, str]) -> dict[str, Any]:
     store = _store(config)
     _, embedder = load_model(config, env)
     chunker = build_chunker(config, spec, embedder)
-    bindings = {b.collection: Binding(b) for b in config.bindings}
-    secret = config.privacy.pseudonym_secret
-    screen = Screen(bindings, secret=secret.get_secret_value().encode() if secret is not None else None)
+    bindings, screen = build_screen(config)
     docs = chunks = tokens = invalid = 0
     unique: set[str] = set()
     page: list = []
@@ -395,11 +391,8 @@ def status(config: WorkerConfig) -> dict[str, Any]:
 def verify(config: WorkerConfig, env: Mapping[str, str], queries: Path, *, k: int, sink: str | None,
            modes: list[str]) -> dict[str, Any]:
     """The same query file through the old and the new generation (`eval`'s metrics)."""
-    from worker.documents import Binding
     from worker.evaluate import load_queries, run_eval
-    from worker.retrieve import Retriever
-    from worker.runtime import build_sinks, generation_config, load_model
-    from worker.screen import Screen
+    from worker.runtime import generation_config, load_model, retriever_for
 
     registry = _registry(config)
     m = _migration(registry)
@@ -407,13 +400,9 @@ def verify(config: WorkerConfig, env: Mapping[str, str], queries: Path, *, k: in
     for role, gen_id in (("old", m.old), ("new", m.new)):
         gen_config = generation_config(registry, gen_id, env)
         _, embedder = load_model(gen_config, env)
-        bindings = {b.collection: Binding(b) for b in gen_config.bindings}
-        secret = gen_config.privacy.pseudonym_secret
-        screen = Screen(bindings, secret=secret.get_secret_value().encode() if secret is not None else None)
-        sinks = build_sinks(gen_config, only=sink)
-        retriever = Retriever(embed_query=embedder.embed_query, sinks=sinks, catalog=gen_config.field_catalog(),
-                              screen=screen, sources={c: b.source for c, b in bindings.items()})
-        qs = load_queries(queries, {c: b.source for c, b in bindings.items()})
+        retriever = retriever_for(gen_config, embedder, sink=sink, generation=gen_id)
+        sinks = retriever.sinks
+        qs = load_queries(queries, retriever.collections)
         try:
             report = run_eval(retriever, qs, list(sinks), modes, ["document"], k, max_misses=0)
         finally:

@@ -195,11 +195,9 @@ def build_runtime(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
         for s in sinks.values():
             s.ensure(spec.dimensions, spec.similarity)
     ledger = Ledger(state / f"ledger-{spec.id}.sqlite")
-    bindings = {b.collection: Binding(b) for b in config.bindings}
-    secret = config.privacy.pseudonym_secret
-    screen = Screen(bindings, secret=secret.get_secret_value().encode() if secret is not None else None,
-                    redact_dead_letters=config.deadletters.redact, watch_drift=watch_drift,
-                    on_checked=metrics.on_checked if metrics else None)
+    bindings, screen = build_screen(config, redact_dead_letters=config.deadletters.redact,
+                                    watch_drift=watch_drift,
+                                    on_checked=metrics.on_checked if metrics else None)
     if metrics is not None:
         from worker import __version__
 
@@ -297,9 +295,21 @@ def build_retriever(config: WorkerConfig, env: Mapping[str, str] | None = None, 
         config = served
     if embedder is None:
         _, embedder = load_model(config, env)
+    return retriever_for(config, embedder, sink=sink, generation=generation)
+
+
+def build_screen(config: WorkerConfig, **options: Any) -> tuple[dict[str, Binding], Screen]:  # noqa: ANN401
+    """``config``'s bindings and its screen (validation, quality rules, privacy masking)."""
     bindings = {b.collection: Binding(b) for b in config.bindings}
     secret = config.privacy.pseudonym_secret
-    screen = Screen(bindings, secret=secret.get_secret_value().encode() if secret is not None else None)
+    return bindings, Screen(bindings, secret=secret.get_secret_value().encode() if secret is not None else None,
+                            **options)
+
+
+def retriever_for(config: WorkerConfig, embedder: Embedder, *, sink: str | None = None,
+                  generation: str | None = None) -> Retriever:
+    """Queries over ``config``'s sinks (not ensured), embedded by ``embedder`` directly."""
+    bindings, screen = build_screen(config)
     return Retriever(embed_query=embedder.embed_query, sinks=build_sinks(config, only=sink),
                      catalog=config.field_catalog(), screen=screen,
                      sources={c: b.source for c, b in bindings.items()}, generation=generation)
