@@ -5,20 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from worker.config import WorkerConfig, load_config, masked
+from worker.cli import _config, _env  # the CLI's own config and environment loaders
+from worker.config import WorkerConfig, masked
 from worker.errors import WorkerError
-
-
-def _env() -> dict[str, str]:
-    return dict(os.environ)
-
-
-def _config(args: argparse.Namespace) -> WorkerConfig:
-    return load_config(Path(args.config), _env())
 
 
 def cmd_check(args: argparse.Namespace) -> int:
