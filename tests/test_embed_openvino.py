@@ -136,10 +136,14 @@ NICE_SCRIPT = textwrap.dedent("""
     model.embed_ids([c.token_ids for c in chunks[:8]])  # the gate runs on the calling thread
     with EmbeddingEngine(model, max_batch_tokens=2048, max_wait_ms=1) as engine:
         engine.embed(chunks)
-    new = [int(t) for t in os.listdir("/proc/self/task") if t not in before]
-    names = {{t: Path(f"/proc/self/task/{{t}}/comm").read_text().strip() for t in new}}
-    print("THREADS", sorted((names[t], priority.thread_nice(t)) for t in new))
-    print("NICE", sorted(priority.thread_nice(t) for t in new))
+    threads = []
+    for t in (int(t) for t in os.listdir("/proc/self/task") if t not in before):
+        try:  # a thread may end between the listing and the reads (the engine's, stopping)
+            threads.append((Path(f"/proc/self/task/{{t}}/comm").read_text().strip(), priority.thread_nice(t)))
+        except FileNotFoundError:
+            continue
+    print("THREADS", sorted(threads))
+    print("NICE", sorted(nice for _, nice in threads))
 """)
 
 
