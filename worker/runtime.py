@@ -161,7 +161,8 @@ def build_runtime(config: WorkerConfig, env: Mapping[str, str] | None = None, *,
     without it (``reindex``, tests) prepare → write runs straight through :class:`Pipeline`.
     ``resolve``: point the sinks at the config's index generation (worker/migration.py); off
     for a config already pointed there. ``generation``: the recorded generation a config
-    already pointed at its targets belongs to (no resolving, no :meth:`Registry.identify`). ``store_documents``: screened documents go to the
+    already pointed at its targets belongs to (no resolving, no :meth:`Registry.identify`).
+    ``store_documents``: screened documents go to the
     document store (off for a generation fed *from* the store).
     """
     env = dict(os.environ) if env is None else env
